@@ -1,0 +1,282 @@
+"""DATA spec -> Splits: cifar10, digits, an image folder, or an archive of one; decoded once and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import sys
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from imgclf.data.decode import IMAGE_SUFFIXES, decode_image, resize_square
+from imgclf.data.imageset import FileSet, ImageSet, Splits, check_usable, stratified_split
+from imgclf.errors import UserError
+
+CACHE_VERSION = 1
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def cache_dir() -> Path:
+    """Where decoded arrays are kept: $IMGCLF_CACHE, else ~/.cache/imgclf."""
+    return Path(os.environ.get("IMGCLF_CACHE") or Path.home() / ".cache" / "imgclf")
+
+
+def load_splits(data: str, *, data_dir: str | None = None, image_size: int | None = None,
+                val_fraction: float = 0.1, seed: int = 0, subset: int | None = None,
+                train_fraction: float = 1.0, stream: bool = False) -> Splits:
+    """Resolve a DATA spec to train/val/test; val is the source's own or a seeded per-class split of train.
+
+    `subset` / `train_fraction` thin the training split only (seeded, per class), after val is carved,
+    so every variant of a comparison is scored on the same val and test images.
+    """
+    if data == "digits":
+        splits = _digits(val_fraction, seed)
+    elif data == "cifar10":
+        splits = _cifar10(data_dir, val_fraction, seed)
+    else:
+        path = Path(data).expanduser()
+        if not path.exists():
+            raise UserError(f"data not found: {data} (expected cifar10, digits, an image folder or an archive)")
+        if path.is_dir() and stream:
+            splits = _folder_files(path, image_size, val_fraction, seed)
+        elif path.is_dir() or path.name.lower().endswith(ARCHIVE_SUFFIXES):
+            splits = _cached_tree(path, image_size, val_fraction, seed)
+        else:
+            raise UserError(f"{data}: not a folder or an archive ({', '.join(ARCHIVE_SUFFIXES)})")
+    if subset is not None or train_fraction < 1.0:
+        from imgclf.data.imageset import stratified_subset
+
+        size = len(splits.train) if subset is None else min(subset, len(splits.train))
+        size = max(1, round(size * train_fraction))
+        splits.train = splits.train.take(stratified_subset(splits.train.labels, size, seed))
+    return check_usable(splits)
+
+
+# -- built-in sets -------------------------------------------------------------------------------------------
+
+def _digits(val_fraction: float, seed: int) -> Splits:
+    """scikit-learn's bundled 8x8 digits as RGB uint8; a seeded 20 % test split stands in for a test set."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    grey = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    full = ImageSet(np.repeat(grey[..., None], 3, axis=3), bunch.target.astype(np.int64),
+                    [str(c) for c in bunch.target_names])
+    rest, test = stratified_split(full.labels, 0.2, seed=1234)  # fixed: the test set must not move with --seed
+    return _with_val(full.take(rest), full.take(test), val_fraction, seed, "digits")
+
+
+def _cifar10(data_dir: str | None, val_fraction: float, seed: int) -> Splits:
+    """The official python batches under data_dir; downloaded through torchvision when absent and online."""
+    root = Path(data_dir or Path.home() / ".cache" / "imgclf" / "cifar10").expanduser()
+    batches = root / "cifar-10-batches-py"
+    if not (batches / "test_batch").is_file():
+        try:
+            from torchvision.datasets import CIFAR10
+
+            CIFAR10(str(root), train=True, download=True)
+        except Exception:  # noqa: BLE001 - offline or blocked: tell the user the way out
+            raise UserError(f"CIFAR-10 not found under {root} and could not be downloaded (offline?); pass "
+                            "--data PATH to an image folder or archive (for example "
+                            "--data ../shared/datasets/cifar10-jpeg.tar.xz) or --data-dir DIR holding "
+                            "cifar-10-batches-py") from None
+
+    def read(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = [], []
+        for name in names:
+            with open(batches / name, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        return np.concatenate(images), np.concatenate(labels)
+
+    with open(batches / "batches.meta", "rb") as f:
+        classes = list(pickle.load(f, encoding="latin1")["label_names"])
+    train = ImageSet(*read([f"data_batch_{i}" for i in range(1, 6)]), classes)
+    test = ImageSet(*read(["test_batch"]), classes)
+    return _with_val(train, test, val_fraction, seed, "cifar10")
+
+
+def _with_val(train: ImageSet, test: ImageSet | None, val_fraction: float, seed: int, source: str) -> Splits:
+    kept, held = stratified_split(train.labels, val_fraction, seed)
+    return Splits(train.take(kept), train.take(held), test, source=source)
+
+
+# -- folders and archives ------------------------------------------------------------------------------------
+
+class _Tree:
+    """A listing of an image folder or archive: {split: [(relative class dir, member name)]}, plus a reader."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.members, self.read = _list_members(path)
+
+    def layout(self) -> dict[str, list[tuple[str, str]]]:
+        """{split or "": [(class, member)]}: train/val/test folders when present, else class folders."""
+        parts = [PurePosixPath(m).parts for m in self.members]
+        tops = {p[0] for p in parts if len(p) > 1}
+        if len(tops) == 1 and not (set(SPLIT_NAMES) & tops) and all(len(p) >= 3 for p in parts):
+            parts = [p[1:] for p in parts]  # one top folder: step inside it
+        members = dict(zip(parts, self.members, strict=True))
+        has_splits = any(p[0].lower() in SPLIT_NAMES and len(p) == 3 for p in members)
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for p, member in members.items():
+            if has_splits and len(p) == 3 and p[0].lower() in SPLIT_NAMES:
+                groups.setdefault(SPLIT_NAMES[p[0].lower()], []).append((p[1], member))
+            elif not has_splits and len(p) == 2:
+                groups.setdefault("", []).append((p[0], member))
+        if not groups or (has_splits and "train" not in groups):
+            raise UserError(f"{self.path}: expected <class>/<image> or train/<class>/<image> folders")
+        return groups
+
+
+def _list_members(path: Path) -> tuple[list[str], Callable[[str], bytes | Path]]:
+    """Image members (posix relative names) of a folder or archive, and a function that reads one."""
+    name = path.name.lower()
+    if path.is_dir():
+        members = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                         if p.is_file() and not p.name.startswith("."))
+        return _images_only(members), lambda m: path / m
+    try:
+        if name.endswith(".zip"):
+            archive = zipfile.ZipFile(path)
+            members = sorted(i.filename for i in archive.infolist() if not i.is_dir())
+            return _images_only(members), archive.read
+        tar = tarfile.open(path)
+        blobs = {m.name.removeprefix("./"): tar.extractfile(m).read() for m in tar if m.isfile()}  # one pass
+        return _images_only(sorted(blobs)), blobs.pop
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise UserError(f"{path}: cannot read archive ({exc})") from None
+
+
+def _images_only(members: list[str]) -> list[str]:
+    """Skip hidden files and folders (.DS_Store, __MACOSX) but keep unknown suffixes: decode decides."""
+    return [m for m in members if not any(part.startswith((".", "__MACOSX")) for part in PurePosixPath(m).parts)]
+
+
+def _fingerprint(path: Path, image_size: int | None) -> str:
+    """Cache key: a changed archive (size, mtime) or folder listing (names, sizes, mtimes) is re-read."""
+    h = hashlib.sha256(f"{CACHE_VERSION}|{path.resolve()}|{image_size}".encode())
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            st = p.stat()
+            h.update(f"{p.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    else:
+        st = path.stat()
+        h.update(f"{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def _cached_tree(path: Path, image_size: int | None, val_fraction: float, seed: int) -> Splits:
+    key = _fingerprint(path, image_size)
+    cache = cache_dir() / f"{path.name}-{key}.npz"
+    if cache.is_file():
+        stored = np.load(cache, allow_pickle=False)
+        meta = json.loads(str(stored["meta"]))
+        parts = {s: ImageSet(stored[f"{s}_images"], stored[f"{s}_labels"], meta["classes"])
+                 for s in meta["splits"]}
+    else:
+        parts, skipped = _decode_tree(path, image_size)
+        classes = next(iter(parts.values())).classes
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        arrays = {f"{s}_{k}": getattr(p, k) for s, p in parts.items() for k in ("images", "labels")}
+        np.savez(tmp, meta=json.dumps({"classes": classes, "splits": list(parts), "skipped": skipped}), **arrays)
+        os.replace(tmp, cache)
+    train = parts.get("train", parts.get(""))
+    if "val" in parts:
+        return Splits(train, parts["val"], parts.get("test"), source=str(path))
+    return _with_val(train, parts.get("test"), val_fraction, seed, str(path))
+
+
+def _decode_tree(path: Path, image_size: int | None) -> tuple[dict[str, ImageSet], int]:
+    """Decode every image in parallel threads (Pillow releases the GIL while decoding)."""
+    tree = _Tree(path)
+    groups = tree.layout()
+    train_key = "train" if "train" in groups else ""
+    classes = sorted({c for c, _ in groups[train_key]})
+    unknown = sorted({c for g in groups.values() for c, _ in g} - set(classes))
+    if unknown:
+        raise UserError(f"{path}: classes {unknown[:3]} appear in val/test but not in train")
+    index = {c: i for i, c in enumerate(classes)}
+    size = image_size
+    skipped: list[str] = []
+    parts: dict[str, ImageSet] = {}
+    workers = max(2, os.cpu_count() or 2)
+    with ThreadPoolExecutor(workers) as pool:
+        for split, items in groups.items():
+            decoded = pool.map(lambda item: _try_decode(tree.read(item[1]), size), items, chunksize=64)
+            images, labels = [], []
+            for (cls, member), array in zip(items, decoded, strict=True):
+                if array is None:
+                    skipped.append(member)
+                    continue
+                images.append(array)
+                labels.append(index[cls])
+            parts[split] = ImageSet(_stack(images, size), np.asarray(labels, dtype=np.int64), classes)
+    if skipped:
+        print(f"imgclf: warning: skipped {len(skipped)} file(s) that are not readable images "
+              f"(first: {skipped[0]})", file=sys.stderr)
+    return parts, len(skipped)
+
+
+def _try_decode(source: bytes | Path, size: int | None) -> np.ndarray | None:
+    try:
+        return decode_image(source, size)
+    except Exception:  # noqa: BLE001 - a corrupt or non-image file is skipped and counted, whatever the cause
+        return None
+
+
+DEFAULT_MIXED_SIZE = 64
+
+
+def _stack(images: list[np.ndarray], size: int | None) -> np.ndarray:
+    """One array for the split; images of differing sizes are brought to one square size."""
+    if not images:
+        return np.zeros((0, size or DEFAULT_MIXED_SIZE, size or DEFAULT_MIXED_SIZE, 3), dtype=np.uint8)
+    shapes = {a.shape for a in images}
+    if len(shapes) == 1 and images[0].shape[0] == images[0].shape[1]:
+        return np.stack(images)
+    target = size or DEFAULT_MIXED_SIZE
+    return np.stack([resize_square(_center_square(a), target) for a in images])
+
+
+def _center_square(a: np.ndarray) -> np.ndarray:
+    h, w = a.shape[:2]
+    s = min(h, w)
+    return a[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+
+
+def _folder_files(path: Path, image_size: int | None, val_fraction: float, seed: int) -> Splits:
+    """The streaming form: paths and labels only, decoded batch by batch by the streaming loader."""
+    tree = _Tree(path)
+    groups = tree.layout()
+    train_key = "train" if "train" in groups else ""
+    classes = sorted({c for c, _ in groups[train_key]})
+    index = {c: i for i, c in enumerate(classes)}
+    size = image_size or DEFAULT_MIXED_SIZE
+    parts = {s: FileSet([path / m for _, m in items], np.asarray([index[c] for c, _ in items], dtype=np.int64),
+                        classes, size) for s, items in groups.items()}
+    train = parts[train_key]
+    if "val" in parts:
+        return Splits(train, parts["val"], parts.get("test"), source=str(path))
+    kept, held = stratified_split(train.labels, val_fraction, seed)
+    return Splits(train.take(kept), train.take(held), parts.get("test"), source=str(path))
+
+
+def iter_image_files(paths: list[str]) -> Iterator[Path]:
+    """Expand folders among `paths` into their image files (for predict)."""
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            yield p

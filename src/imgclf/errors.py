@@ -1,0 +1,5 @@
+"""The one exception type for user mistakes: the CLI prints it as one line and exits 2."""
+
+
+class UserError(Exception):
+    """A problem with what the user asked for (bad path, unknown name, bad file), not a bug."""

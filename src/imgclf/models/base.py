@@ -1,0 +1,43 @@
+"""ImageClassifier: the shape every model in the registry shares.
+
+Models take float images in [0, 1] (N, 3, H, W) and normalize inside, so the exact preprocessing of the
+weights travels with the checkpoint and the ONNX file, and inference needs no separate constants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class ImageClassifier(nn.Module):
+    """normalize -> features (backbone, N x C feature vector) -> head (dropout + linear).
+
+    `layer_groups` lists the backbone's parameters from the input side to the output side; fine-tuning
+    uses it to freeze and to give early layers lower learning rates.
+    """
+
+    def __init__(self, features: nn.Module, num_features: int, num_classes: int, dropout: float = 0.0,
+                 mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25),
+                 groups: Sequence[nn.Module] | None = None) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.features = features
+        self.num_features = num_features
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+        self._groups = list(groups) if groups is not None else [features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features((x - self.mean) / self.std))
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Backbone parameter groups, input side first (the head is not among them)."""
+        return [list(g.parameters()) for g in self._groups]
+
+    def reset_head(self, num_classes: int) -> None:
+        """A fresh classifier for a new task's classes."""
+        linear = self.head[-1]
+        self.head[-1] = nn.Linear(linear.in_features, num_classes)

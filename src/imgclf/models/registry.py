@@ -1,0 +1,54 @@
+"""Model registry: name -> builder, in the manner of timm's create_model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from imgclf.errors import UserError
+from imgclf.models.base import ImageClassifier
+
+Builder = Callable[..., ImageClassifier]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    builder: Builder
+    summary: str
+    has_pretrained: bool = False
+    default_image_size: int | None = None  # input size the pretrained weights expect, when they have one
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, summary: str, has_pretrained: bool = False,
+             default_image_size: int | None = None) -> Callable[[Builder], Builder]:
+    """Decorator: make `builder(num_classes, *, pretrained, weights, dropout, width)` buildable by name."""
+
+    def wrap(builder: Builder) -> Builder:
+        _REGISTRY[name] = ModelEntry(builder, summary, has_pretrained, default_image_size)
+        return builder
+
+    return wrap
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def build_model(name: str, num_classes: int, *, pretrained: bool = False, weights: str | None = None,
+                dropout: float = 0.0, width: float = 1.0) -> ImageClassifier:
+    """Build a registered model with a head for `num_classes`; pretrained weights only where shipped."""
+    entry = model_entry(name)
+    if pretrained and not entry.has_pretrained:
+        with_weights = sorted(n for n, e in _REGISTRY.items() if e.has_pretrained)
+        raise UserError(f"model {name!r} has no local pretrained weights (models with weights: "
+                        f"{', '.join(with_weights)}); pass --weights FILE to load your own")
+    return entry.builder(num_classes, pretrained=pretrained, weights=weights, dropout=dropout, width=width)
+
+
+def list_models() -> dict[str, str]:
+    return {name: entry.summary for name, entry in sorted(_REGISTRY.items())}
