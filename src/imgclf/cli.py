@@ -44,7 +44,6 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--early-stop", "early_stop_patience", int, "stop after N epochs without val-accuracy gain"),
     ("--loader", "loader", str, "auto | memory | stream"),
     ("--num-workers", "num_workers", int, "worker processes of the streaming loader"),
-    ("--out", "out", str, "run directory"),
 ]
 _TRAIN_SWITCHES: list[tuple[str, str, str]] = [
     ("pretrained", "pretrained", "start from ImageNet weights"),
@@ -74,6 +73,11 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults < recipe < --config file < --set < explicit flags."""
+    return from_dict(given_values(args), source=args.config or "options")
+
+
+def given_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys the user set (recipe, file, --set, flags), later ones winning."""
     values: dict[str, Any] = {}
     if args.recipe:
         values.update(recipe_values(args.recipe))
@@ -85,18 +89,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not sep:
             raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         values[key.strip().replace("-", "_")] = yaml.safe_load(raw)
-    for dest in [d for _, d, _, _ in _TRAIN_FLAGS] + [d for _, d, _ in _TRAIN_SWITCHES] + ["crop_pad", "cutout"]:
+    for dest in [d for _, d, _, _ in _TRAIN_FLAGS] + [d for _, d, _ in _TRAIN_SWITCHES] + ["crop_pad", "cutout", "out"]:
         value = getattr(args, dest, None)
         if value is not None:
             values[dest] = value
-    return from_dict(values, source=args.config or "options")
+    return values
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from imgclf.training.run import train
 
     cfg = config_from_args(args)
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, overrides=given_values(args))
     print(json.dumps(result.metrics, indent=2))
     return 0
 
@@ -189,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model; writes a run directory")
     add_train_options(p)
+    p.add_argument("--out", dest="out", help="run directory (default: runs/DATA-MODEL-TIME)")
     p.add_argument("--resume", help="RUN_DIR/checkpoints/last.pt to continue from")
     p.set_defaults(func=_cmd_train)
 

@@ -24,12 +24,12 @@ class TrainConfig:
     weights: str | None = None  # a user's own state dict for the backbone
     strategy: str = "auto"  # fine-tuning: auto | full | linear_probe | gradual
     freeze_epochs: int = 1  # gradual: epochs with only the head trained
-    epochs: int = 10
+    epochs: int | None = None  # None: 10, or as many as fit when time_budget is set
     batch_size: int = 256
-    lr: float | None = None  # None: the optimizer's default below
+    lr: float | None = None  # None: the recipe's default for the optimizer and strategy
     optimizer: str = "sgd"  # sgd (Nesterov) | adamw
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float | None = None  # None: 5e-4 for sgd, 0.05 for adamw
     schedule: str = "onecycle"  # onecycle | cosine | step | linear | constant
     warmup_epochs: float = 0.0  # for cosine / linear
     label_smoothing: float = 0.1
@@ -44,7 +44,7 @@ class TrainConfig:
     train_fraction: float = 1.0
     seed: int = 0
     device: str = "auto"
-    amp: bool | None = None  # None: on for CUDA, off for CPU
+    amp: bool | None = None  # None: on for CUDA, and on CPUs with native bf16 (about 2x faster there)
     amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 uses a GradScaler)
     channels_last: bool = True
     compile: bool = False
@@ -132,7 +132,7 @@ def _check(cfg: TrainConfig, source: str) -> None:
             raise UserError(f"{source}: {f.name} must be a number, got {value!r}")
         if f.type in ("bool", "bool | None") and not isinstance(value, bool):
             raise UserError(f"{source}: {f.name} must be true or false, got {value!r}")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
+    if (cfg.epochs is not None and cfg.epochs < 1) or cfg.batch_size < 1:
         raise UserError(f"{source}: epochs and batch_size must be at least 1")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise UserError(f"{source}: val_fraction must be between 0 and 1")

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """A problem with what the user asked for (bad path, unknown name, bad file), not a bug."""
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""

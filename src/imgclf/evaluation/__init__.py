@@ -1,0 +1,1 @@
+"""Evaluation: metrics, TTA, checkpoint evaluation, training diagnosis and the LR finder."""

@@ -1,0 +1,1 @@
+"""Training: the Trainer loop, callbacks, LR schedules, checkpoints, fine-tuning and DDP."""

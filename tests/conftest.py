@@ -1,0 +1,52 @@
+"""Shared fixtures: a private decode cache, synthetic image folders, and the real data's location."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpeg.tar.xz"
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path_factory.getbasetemp() / "imgclf-cache"
+    monkeypatch.setenv("IMGCLF_CACHE", str(cache))
+    return cache
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 16) -> np.ndarray:
+    """A learnable synthetic image: a class-specific colour and stripe orientation, plus noise."""
+    base = np.zeros((size, size, 3), dtype=np.float32)
+    base[..., label % 3] = 160
+    stripes = (np.arange(size) // 2 % 2) * 80
+    base += stripes[:, None, None] if label % 2 else stripes[None, :, None]
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def make_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 16, splits: bool = False,
+                seed: int = 0) -> Path:
+    """root/<class>/<i>.png (or root/{train,test}/<class>/...) with learnable synthetic images."""
+    rng = np.random.default_rng(seed)
+    parts = {"train": per_class, "test": max(2, per_class // 3)} if splits else {"": per_class}
+    for part, count in parts.items():
+        for c in range(classes):
+            folder = root / part / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(class_image(c, rng, size)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "imgs", splits=True, per_class=30)
+
+
+def require_cifar() -> Path:
+    if not SHARED_CIFAR.is_file():
+        pytest.skip(f"real data not present: {SHARED_CIFAR} (shared datasets folder absent)")
+    return SHARED_CIFAR

@@ -1,0 +1,143 @@
+"""Loaders, the Trainer, exact resume, kill -9 safety and a short real-data run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_folder, require_cifar
+from imgclf.config import TrainConfig
+from imgclf.data import load_splits
+from imgclf.data.loaders import BatchAugment, StreamingLoader, TensorLoader
+from imgclf.training.callbacks import Callback
+from imgclf.training.checkpoint import load_checkpoint, model_from_checkpoint
+from imgclf.training.run import train
+from imgclf.training.schedules import lr_multiplier
+
+
+def test_augment_is_seeded_and_shape_preserving() -> None:
+    x = torch.rand(8, 3, 16, 16)
+    aug = BatchAugment(crop_pad=4, flip=True, cutout=6)
+    a = aug(x, torch.Generator().manual_seed(3))
+    b = aug(x, torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    flipped = BatchAugment(crop_pad=0, flip=True, cutout=0)(x, torch.Generator().manual_seed(0))
+    for img, out in zip(x, flipped, strict=True):  # every image is itself or its mirror
+        assert torch.equal(out, img) or torch.equal(out, img.flip(2))
+
+
+def test_tensor_and_streaming_loaders_yield_the_same_batches(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "f", classes=3, per_class=10)
+    memory = load_splits(str(root), image_size=16)
+    files = load_splits(str(root), image_size=16, stream=True)
+    kwargs: dict[str, Any] = dict(shuffle=True, seed=5, augment=BatchAugment(crop_pad=2))
+    a = list(TensorLoader(memory.train, 8, **kwargs))
+    b = list(StreamingLoader(files.train, 8, num_workers=0, **kwargs))
+    assert len(a) == len(b) == 4
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(ya, yb) and torch.allclose(xa, xb)
+
+
+def test_schedules_shape() -> None:
+    assert lr_multiplier("onecycle", 0.0) == 0.0 and lr_multiplier("onecycle", 0.25) == 1.0
+    assert lr_multiplier("cosine", 1.0) == pytest.approx(0.0) and lr_multiplier("cosine", 0.5) == pytest.approx(0.5)
+    assert lr_multiplier("step", 0.8) == pytest.approx(0.01) and lr_multiplier("linear", 0.5) == 0.5
+    assert lr_multiplier("cosine", 0.05, warmup=0.1) == pytest.approx(0.5)
+
+
+class StopAfter(Callback):
+    """Simulates an interrupted run: stops cleanly after `epochs` epochs."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_end(self, trainer: Any, row: dict[str, Any]) -> None:
+        if trainer.epoch >= self.epochs:
+            trainer.stop_reason = "test interruption"
+
+
+def _without_seconds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_resume_is_exact(tmp_path: Path) -> None:
+    """2 epochs straight == 1 epoch + resume to 2: bitwise weights, identical history and evaluation."""
+    root = make_folder(tmp_path / "f", classes=3, per_class=24, splits=True)
+    base = TrainConfig(data=str(root), model="tiny", epochs=2, batch_size=16, dropout=0.2, cutout=4, quiet=True,
+                       device="cpu", lr=0.05)
+    straight = train(base.replace(out=str(tmp_path / "a")))
+    train(base.replace(out=str(tmp_path / "b")), extra_callbacks=[StopAfter(1)])
+    first = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert first["trainer"]["epoch"] == 1
+    resumed = train(base, resume=str(tmp_path / "b" / "checkpoints" / "last.pt"))
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _without_seconds(straight.history) == _without_seconds(resumed.history)
+    for key in ("val_accuracy", "test_accuracy", "test_loss", "per_class_test_accuracy"):
+        assert straight.metrics[key] == resumed.metrics[key]
+    history_b = (tmp_path / "b" / "history.csv").read_text().splitlines()
+    assert len(history_b) == 3
+
+
+def test_training_learns_and_writes_the_run_directory(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "f", classes=3, per_class=30, splits=True)
+    cfg = TrainConfig(data=str(root), model="tiny", epochs=6, batch_size=16, quiet=True, device="cpu",
+                      out=str(tmp_path / "run"), lr=0.05)
+    result = train(cfg)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "history.csv", "metrics.json", "classes.json", "checkpoints/last.pt",
+                 "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    assert result.metrics["test_accuracy"] > 0.8
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    model = model_from_checkpoint(load_checkpoint(run / "checkpoints" / "last.pt"))
+    assert sum(p.numel() for p in model.parameters()) == result.metrics["num_params"]
+
+
+def test_time_budget_stops_and_still_saves(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "f", classes=3, per_class=40)
+    cfg = TrainConfig(data=str(root), model="tiny", batch_size=4, quiet=True, device="cpu", time_budget=0.5,
+                      out=str(tmp_path / "run"))
+    result = train(cfg)
+    assert result.metrics["stop_reason"].startswith("time budget")
+    assert result.metrics["train_seconds"] < 5 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+def test_kill_9_mid_epoch_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "f", classes=3, per_class=200, size=16)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "imgclf", "train", "--data", str(root), "--model", "tiny", "--epochs", "1000",
+           "--batch-size", "8", "--out", str(out), "--quiet", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    last = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere inside the next epoch (or its checkpoint write)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = load_checkpoint(last)
+    assert ckpt["trainer"]["epoch"] >= 1
+    resumed = subprocess.run([sys.executable, "-m", "imgclf", "train", "--resume", str(last), "--epochs",
+                              str(ckpt["trainer"]["epoch"] + 1), "--quiet"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(last)["trainer"]["epoch"] == ckpt["trainer"]["epoch"] + 1
+
+
+def test_short_real_cifar_run_beats_chance(tmp_path: Path) -> None:
+    archive = require_cifar()
+    cfg = TrainConfig(data=str(archive), model="fastcnn", width=0.5, subset=5000, epochs=3, quiet=True,
+                      device="cpu", out=str(tmp_path / "run"))
+    result = train(cfg)
+    assert result.metrics["test_accuracy"] > 0.40, result.metrics  # chance is 0.10
+    assert np.isclose(sum(1 for _ in open(tmp_path / "run" / "history.csv")), 4)
