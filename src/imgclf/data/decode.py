@@ -43,7 +43,7 @@ def decode_image(source: bytes | str | Path, size: int | None = None) -> np.ndar
     with stream, Image.open(stream) as image:
         if size:
             image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when that is still large enough
-        return np.asarray(fit_to_size(to_rgb(image), size), dtype=np.uint8)
+        return np.array(fit_to_size(to_rgb(image), size), dtype=np.uint8)  # a writable copy
 
 
 def resize_square(array: np.ndarray, size: int) -> np.ndarray:

@@ -1,0 +1,34 @@
+"""`imgclf evaluate`: a checkpoint's accuracy, loss, per-class accuracy and confusion matrix on a split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from imgclf.data.loaders import make_loader
+from imgclf.errors import UserError
+from imgclf.evaluation.metrics import predict_logits, summarize
+from imgclf.training.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from imgclf.training.run import load_data, resolve_amp, resolve_device
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str = "test", tta: bool = False,
+                        data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """Score a checkpoint on the split it was trained beside (same seed, same val carve-out, same size)."""
+    ckpt = load_checkpoint(checkpoint)
+    cfg = checkpoint_config(ckpt)
+    cfg = cfg.replace(data=data or cfg.data, data_dir=data_dir or cfg.data_dir, subset=None, train_fraction=1.0)
+    splits = load_data(cfg)
+    if splits.classes != ckpt["classes"]:
+        raise UserError(f"{cfg.data}: classes {splits.classes[:4]}... differ from the checkpoint's "
+                        f"{ckpt['classes'][:4]}...")
+    part = getattr(splits, split)
+    if part is None:
+        raise UserError(f"{cfg.data} has no {split} split; use --split val")
+    dev = resolve_device(device)
+    model = model_from_checkpoint(ckpt).to(dev)
+    loader = make_loader(part, 256, dev, train=False, input_size=ckpt["input_size"], channels_last=False,
+                         num_workers=cfg.num_workers)
+    logits, labels = predict_logits(model, loader, amp_dtype=resolve_amp(cfg.replace(amp=False), dev), tta=tta)
+    return {"checkpoint": str(checkpoint), "data": cfg.data, "split": split, "tta": tta,
+            **summarize(logits, labels, splits.classes)}

@@ -1,0 +1,1 @@
+"""Inference: Predictor (torch or ONNX Runtime), ONNX export, the FastAPI server and its web page."""

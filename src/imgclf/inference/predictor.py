@@ -1,0 +1,88 @@
+"""Predictor: image bytes or files -> top-k labels, with exactly the training preprocessing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imgclf.data.decode import decode_image
+from imgclf.data.loaders import to_model_input
+from imgclf.errors import UserError
+from imgclf.training.checkpoint import load_checkpoint, model_from_checkpoint
+from imgclf.training.run import resolve_device
+
+Backend = Callable[[torch.Tensor], np.ndarray]  # float (N, 3, S, S) in [0, 1] -> logits (N, C)
+
+
+class Predictor:
+    """Decodes like the data layer (RGB, fit to size), converts like the loaders, runs a backend, ranks."""
+
+    def __init__(self, backend: Backend, classes: list[str], input_size: int, metadata: dict[str, Any]) -> None:
+        self.backend, self.classes, self.input_size, self.metadata = backend, classes, input_size, metadata
+
+    @classmethod
+    def load(cls, checkpoint: str | None = None, onnx: str | None = None, device: str = "auto") -> Predictor:
+        if onnx:
+            from imgclf.inference.onnx_backend import load_onnx_predictor
+
+            return load_onnx_predictor(onnx)
+        if not checkpoint:
+            raise UserError("give a checkpoint or an ONNX file")
+        ckpt = load_checkpoint(checkpoint)
+        dev = resolve_device(device)
+        model = model_from_checkpoint(ckpt).to(dev)
+
+        @torch.inference_mode()
+        def run(x: torch.Tensor) -> np.ndarray:
+            return model(x.to(dev)).float().cpu().numpy()
+
+        metadata = {"model": ckpt["config"]["model"], "source": str(checkpoint), "backend": "torch"}
+        return cls(run, list(ckpt["classes"]), int(ckpt["input_size"]), metadata)
+
+    def preprocess(self, sources: Sequence[bytes | str | Path]) -> torch.Tensor:
+        """Decode each image as the data layer does and convert it as the loaders do (small squares are
+        upsampled on the tensor, like a cached 32x32 training set); raises ValueError naming a bad source."""
+        return torch.cat([to_model_input(torch.from_numpy(self._decode(s))[None], self.input_size, False)
+                          for s in sources])
+
+    def _decode(self, source: bytes | str | Path) -> np.ndarray:
+        if not isinstance(source, bytes) and not Path(source).is_file():
+            raise UserError(f"image not found: {source}")
+        try:
+            return decode_image(source, self.input_size)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            name = "upload" if isinstance(source, bytes) else str(source)
+            raise ValueError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
+
+    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        logits = self.backend(batch)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def rank(self, probs: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
+        k = max(1, min(top_k, len(self.classes)))
+        results = []
+        for row in probs:
+            order = np.argsort(-row, kind="stable")[:k]
+            top = [{"label": self.classes[i], "probability": round(float(row[i]), 6)} for i in order]
+            results.append({"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
+        return results
+
+    def predict(self, sources: Sequence[bytes | str | Path], top_k: int = 5) -> list[dict[str, Any]]:
+        return self.rank(self.probabilities(self.preprocess(sources)), top_k)
+
+    def predict_files(self, paths: Sequence[str | Path], top_k: int = 5, batch_size: int = 64) -> list[dict[str, Any]]:
+        """Batched over files; an unreadable file is a user error naming it."""
+        results: list[dict[str, Any]] = []
+        for i in range(0, len(paths), batch_size):
+            try:
+                results += self.predict(list(paths[i:i + batch_size]), top_k)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+        return results
