@@ -92,8 +92,13 @@ class _EpochSeeded:
         self.epoch = epoch
 
     def shard(self, rank: int, world_size: int) -> None:
-        """Under DDP each rank takes every world_size-th batch of the same seeded order."""
+        """Under DDP every rank draws the same global batches and keeps its own slice of each, so a
+        step sees exactly the images (and augmentations) a single process with the same batch sees."""
         self.rank, self.world_size = rank, world_size
+
+    def _slice(self, n: int) -> slice:
+        per = -(-n // self.world_size)
+        return slice(self.rank * per, (self.rank + 1) * per)
 
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -102,8 +107,7 @@ class _EpochSeeded:
         return torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
 
     def _num_batches(self, n: int) -> int:
-        full = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-        return full // self.world_size if self.world_size > 1 else full
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _finish(self, images_nhwc: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = to_float(images_nhwc)
@@ -129,9 +133,12 @@ class TensorLoader(_EpochSeeded):
         gen = self._generator()
         order = self._order(len(self.labels), gen).to(self.images.device)
         for b in range(len(self)):
-            i = b * self.world_size + self.rank
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self._finish(self.images[idx], gen), self.labels[idx]
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            x, y = self._finish(self.images[idx], gen), self.labels[idx]
+            if self.world_size > 1:
+                part = self._slice(len(idx))
+                x, y = x[part], y[part]
+            yield x, y
 
 
 class FileDataset(Dataset):
@@ -164,8 +171,8 @@ class StreamingLoader(_EpochSeeded):
     def __iter__(self) -> Iterator[Batch]:
         gen = self._generator()
         order = self._order(len(self.dataset), gen).tolist()
-        mine = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        mine = mine[self.rank::self.world_size][:len(self)]
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)][:len(self)]
+        mine = [b[self._slice(len(b))] for b in batches]  # under DDP: this rank's slice, decoded here only
         loader = DataLoader(self.dataset, batch_sampler=mine, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
         for images, labels in loader:

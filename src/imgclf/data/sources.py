@@ -187,7 +187,7 @@ def _cached_tree(path: Path, image_size: int | None, val_fraction: float, seed: 
         parts, skipped = _decode_tree(path, image_size)
         classes = next(iter(parts.values())).classes
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")  # ranks under torchrun may race here
         arrays = {f"{s}_{k}": getattr(p, k) for s, p in parts.items() for k in ("images", "labels")}
         np.savez(tmp, meta=json.dumps({"classes": classes, "splits": list(parts), "skipped": skipped}), **arrays)
         os.replace(tmp, cache)

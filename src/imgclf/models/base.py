@@ -12,6 +12,15 @@ import torch
 from torch import nn
 
 
+def classifier(num_features: int, num_classes: int) -> nn.Linear:
+    """A zero-initialised linear head: every class starts equally likely (loss = ln C), so the first
+    steps are not spent undoing large random logits."""
+    linear = nn.Linear(num_features, num_classes)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
 class ImageClassifier(nn.Module):
     """normalize -> features (backbone, N x C feature vector) -> head (dropout + linear).
 
@@ -27,7 +36,7 @@ class ImageClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.features = features
         self.num_features = num_features
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+        self.head = nn.Sequential(nn.Dropout(dropout), classifier(num_features, num_classes))
         self._groups = list(groups) if groups is not None else [features]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,5 +48,4 @@ class ImageClassifier(nn.Module):
 
     def reset_head(self, num_classes: int) -> None:
         """A fresh classifier for a new task's classes."""
-        linear = self.head[-1]
-        self.head[-1] = nn.Linear(linear.in_features, num_classes)
+        self.head[-1] = classifier(self.head[-1].in_features, num_classes)

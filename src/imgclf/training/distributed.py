@@ -30,6 +30,12 @@ class DistContext:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
+    def agree(self, seconds: float, stop: bool) -> tuple[float, bool]:
+        """All ranks take the slowest rank's clock and stop together (a lone stop would hang the others)."""
+        flags = torch.tensor([seconds, float(stop)], dtype=torch.float64)
+        torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
+        return float(flags[0]), bool(flags[1])
+
     def teardown(self) -> None:
         if self.active and torch_dist.is_initialized():
             torch_dist.destroy_process_group()

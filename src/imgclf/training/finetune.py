@@ -77,8 +77,10 @@ def resolve_strategy(config: TrainConfig, model_entry: ModelEntry) -> str:
 def unwrap(model: nn.Module) -> ImageClassifier:
     """The ImageClassifier inside a DDP wrapper (`.module`) or a torch.compile wrapper (`._orig_mod`)."""
     while not isinstance(model, ImageClassifier):
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
             raise TypeError("expected an ImageClassifier (or a DDP/compiled wrapper), "
                             f"got {type(model).__name__}")
         model = inner

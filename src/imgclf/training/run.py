@@ -160,7 +160,8 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     callbacks += extra_callbacks or []
     trainer = Trainer(model, cfg, train_loader, val_loader, optimizer=optimizer, max_epochs=max_epochs,
                       classes=classes, callbacks=callbacks, amp_dtype=amp_dtype, train_model=train_model,
-                      is_main=dist.is_main, checkpoint_extra={"input_size": input_size})
+                      is_main=dist.is_main, agree=dist.agree if dist.active else None,
+                      checkpoint_extra={"input_size": input_size})
     if ckpt is not None:
         if plan is not None:
             plan.prepare_resume(trainer, ckpt["trainer"]["epoch"])

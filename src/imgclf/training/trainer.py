@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ class Trainer:
                  optimizer: torch.optim.Optimizer, max_epochs: int, classes: list[str],
                  callbacks: list[Callback] | None = None, amp_dtype: torch.dtype | None = None,
                  train_model: nn.Module | None = None, is_main: bool = True,
+                 agree: Callable[[float, bool], tuple[float, bool]] | None = None,
                  checkpoint_extra: dict[str, Any] | None = None) -> None:
         self.model = model  # the plain module: what checkpoints hold
         self.train_model = train_model or model  # what the loop calls (compiled or DDP-wrapped)
@@ -38,6 +40,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.is_main = is_main
+        self.agree = agree  # DDP: ranks agree on the clock and on stopping after every step
         self.checkpoint_extra = checkpoint_extra or {}
         for group in optimizer.param_groups:
             group.setdefault("peak_lr", group["lr"])
@@ -100,6 +103,10 @@ class Trainer:
             self.train_seconds += now - tick
             tick = now
             self._call("on_batch_end", loss_value)
+            if self.agree is not None:
+                self.train_seconds, stop = self.agree(self.train_seconds, self.stop_reason is not None)
+                if stop and self.stop_reason is None:
+                    self.stop_reason = "another rank stopped"
             if self.stop_reason is not None:
                 break
         return (total_loss / max(seen, 1)).item(), (correct.float() / max(seen, 1)).item()
