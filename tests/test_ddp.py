@@ -45,10 +45,10 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     losses = [r["train_loss"] for r in ddp["trainer"]["history"]]
     assert losses[-1] < losses[0]  # it learns
     for a, b in zip(ddp["trainer"]["history"], single["trainer"]["history"], strict=True):
-        assert abs(a["train_loss"] - b["train_loss"]) < 0.1
+        assert abs(a["train_loss"] - b["train_loss"]) < 0.05
     weights_a = torch.cat([v.flatten().float() for k, v in ddp["model"].items() if "weight" in k])
     weights_b = torch.cat([v.flatten().float() for k, v in single["model"].items() if "weight" in k])
-    assert (weights_a - weights_b).norm() / weights_b.norm() < 0.1
+    assert (weights_a - weights_b).norm() / weights_b.norm() < 0.02
     # the DDP checkpoint resumes in a single process
     _run([sys.executable, "-m", "imgclf", "train", "--resume", str(tmp_path / "ddp" / "checkpoints" / "last.pt"),
           "--epochs", "4", "--quiet"], env)

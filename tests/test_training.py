@@ -18,6 +18,8 @@ from conftest import make_folder, require_cifar
 from imgclf.config import TrainConfig
 from imgclf.data import load_splits
 from imgclf.data.loaders import BatchAugment, StreamingLoader, TensorLoader
+from imgclf.errors import TrainingDiverged
+from imgclf.evaluation.evaluate import evaluate_checkpoint
 from imgclf.training.callbacks import Callback
 from imgclf.training.checkpoint import load_checkpoint, model_from_checkpoint
 from imgclf.training.run import train
@@ -87,6 +89,28 @@ def test_resume_is_exact(tmp_path: Path) -> None:
         assert straight.metrics[key] == resumed.metrics[key]
     history_b = (tmp_path / "b" / "history.csv").read_text().splitlines()
     assert len(history_b) == 3
+    evaluations = [evaluate_checkpoint(tmp_path / run / "checkpoints" / "last.pt", device="cpu") for run in "ab"]
+    assert evaluations[0] | {"checkpoint": None} == evaluations[1] | {"checkpoint": None}
+
+
+class ExplodeLR(Callback):
+    """From the second epoch on, a learning rate no network survives."""
+
+    def on_epoch_start(self, trainer: Any) -> None:
+        if trainer.epoch == 1:
+            for group in trainer.optimizer.param_groups:
+                group["peak_lr"] = 1e30
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "f", classes=3, per_class=20)
+    cfg = TrainConfig(data=str(root), model="tiny", epochs=5, batch_size=8, quiet=True, device="cpu",
+                      out=str(tmp_path / "run"), label_smoothing=0.0)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(cfg, extra_callbacks=[ExplodeLR()])
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["trainer"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
 def test_training_learns_and_writes_the_run_directory(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from imgclf.config import TrainConfig, from_dict, load_yaml, recipe_values
-from imgclf.errors import UserError
+from imgclf.errors import TrainingDiverged, UserError
 
 # Flags that map one-to-one onto TrainConfig fields: (flag, field, type, help).
 _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -288,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"imgclf: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"imgclf: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("imgclf: interrupted", file=sys.stderr)
         return 130
