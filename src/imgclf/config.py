@@ -27,7 +27,7 @@ class TrainConfig:
     epochs: int | None = None  # None: 10, or as many as fit when time_budget is set
     batch_size: int = 256
     lr: float | None = None  # None: the recipe's default for the optimizer and strategy
-    optimizer: str = "sgd"  # sgd (Nesterov) | adamw
+    optimizer: str | None = None  # sgd (Nesterov) | adamw; None: sgd from scratch, adamw to fine-tune
     momentum: float = 0.9
     weight_decay: float | None = None  # None: 5e-4 for sgd, 0.05 for adamw
     schedule: str = "onecycle"  # onecycle | cosine | step | linear | constant
@@ -108,7 +108,7 @@ def recipe_values(name: str) -> dict[str, Any]:
 
 
 _CHOICES = {
-    "optimizer": {"sgd", "adamw"},
+    "optimizer": {None, "sgd", "adamw"},
     "schedule": {"onecycle", "cosine", "step", "linear", "constant"},
     "strategy": {"auto", "full", "linear_probe", "gradual"},
     "amp_dtype": {"bf16", "fp16"},

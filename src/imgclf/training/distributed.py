@@ -23,12 +23,14 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def wrap(self, model: nn.Module, cfg: TrainConfig) -> nn.Module:
-        """DistributedDataParallel (with SyncBatchNorm when asked); the plain module keeps the weights."""
+    def wrap(self, model: nn.Module, cfg: TrainConfig, find_unused: bool = False) -> nn.Module:
+        """DistributedDataParallel (with SyncBatchNorm when asked); the plain module keeps the weights.
+
+        `find_unused`: fine-tuning freezes parts of the model after wrapping (see training.finetune)."""
         if cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
 
     def agree(self, seconds: float, stop: bool) -> tuple[float, bool]:
         """All ranks take the slowest rank's clock and stop together (a lone stop would hang the others)."""

@@ -10,16 +10,16 @@ from torch import nn
 
 from imgclf.config import TrainConfig
 
-DEFAULT_LR = {"sgd": 0.2, "adamw": 2e-3}
+DEFAULT_LR = {"sgd": 0.1, "adamw": 2e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 
 
 def resolved_lr(cfg: TrainConfig) -> float:
-    return cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
+    return cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer or "sgd"]
 
 
 def resolved_weight_decay(cfg: TrainConfig) -> float:
-    return cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WEIGHT_DECAY[cfg.optimizer]
+    return cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WEIGHT_DECAY[cfg.optimizer or "sgd"]
 
 
 def decay_split(params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from imgclf.training import callbacks as cb
 from imgclf.training import distributed
 from imgclf.training.checkpoint import checkpoint_config, load_checkpoint
 from imgclf.training.optim import build_optimizer, decay_split, resolved_lr, resolved_weight_decay
-from imgclf.training.plan import plan_finetune
+from imgclf.training.plan import plan_finetune, resolve_defaults
 from imgclf.training.trainer import Trainer
 
 DEFAULT_EPOCHS = 10
@@ -117,6 +118,7 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
         run_dir = Path(resume).resolve().parent.parent
     else:
         run_dir = new_run_dir(cfg.out, cfg)
+    cfg = resolve_defaults(cfg)
     dist = distributed.setup(cfg)
     device = dist.device if dist.active else resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -140,7 +142,7 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
                                num_workers=cfg.num_workers)
     val_loader = make_loader(splits.val, max(cfg.batch_size, 256), device, train=False, input_size=input_size,
                              channels_last=cfg.channels_last, num_workers=cfg.num_workers)
-    train_model = dist.wrap(model, cfg) if dist.active else model
+    train_model = dist.wrap(model, cfg, find_unused=plan is not None) if dist.active else model
     if cfg.compile:
         train_model = torch.compile(train_model)
     if dist.active:
@@ -176,6 +178,7 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
         print(f"imgclf: {trainer.stop_reason}", file=sys.stderr)
     metrics = final_metrics(trainer, splits, device, input_size, amp_dtype, run_dir, dist.is_main)
     metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
+    metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     if dist.is_main:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     dist.teardown()
