@@ -150,6 +150,8 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     result = run_lr_find(cfg, out=args.out_dir, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps)
     print(f"suggested lr: {result['suggested_lr']:.3g}")
     print(f"plot: {result['plot']}")
+    if result.get("note"):
+        print(f"imgclf: note: {result['note']}", file=sys.stderr)
     return 0
 
 
@@ -238,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint to ONNX, verified against torch")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=18)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("serve", help="HTTP inference server (FastAPI)")

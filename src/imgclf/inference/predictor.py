@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from imgclf.data.decode import decode_image
 from imgclf.data.loaders import to_model_input
@@ -27,6 +26,7 @@ class Predictor:
 
     @classmethod
     def load(cls, checkpoint: str | None = None, onnx: str | None = None, device: str = "auto") -> Predictor:
+        """A torch checkpoint (on `device`) or an exported ONNX file (ONNX Runtime, CPU)."""
         if onnx:
             from imgclf.inference.onnx_backend import load_onnx_predictor
 
@@ -35,13 +35,17 @@ class Predictor:
             raise UserError("give a checkpoint or an ONNX file")
         ckpt = load_checkpoint(checkpoint)
         dev = resolve_device(device)
-        model = model_from_checkpoint(ckpt).to(dev)
+        # channels_last: oneDNN's and cuDNN's preferred layout (about 1.3x on CPU here), same fp32 results.
+        model = model_from_checkpoint(ckpt).to(dev, memory_format=torch.channels_last)
 
         @torch.inference_mode()
         def run(x: torch.Tensor) -> np.ndarray:
-            return model(x.to(dev)).float().cpu().numpy()
+            return model(x.to(dev, memory_format=torch.channels_last)).float().cpu().numpy()
 
-        metadata = {"model": ckpt["config"]["model"], "source": str(checkpoint), "backend": "torch"}
+        from imgclf.inference.export import sha256_file
+
+        metadata = {"model": ckpt["config"]["model"], "source": str(checkpoint), "backend": "torch",
+                    "checkpoint_sha256": sha256_file(checkpoint)}
         return cls(run, list(ckpt["classes"]), int(ckpt["input_size"]), metadata)
 
     def preprocess(self, sources: Sequence[bytes | str | Path]) -> torch.Tensor:
@@ -55,7 +59,9 @@ class Predictor:
             raise UserError(f"image not found: {source}")
         try:
             return decode_image(source, self.input_size)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types (SyntaxError, EOFError, struct.error)
             name = "upload" if isinstance(source, bytes) else str(source)
             raise ValueError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
 

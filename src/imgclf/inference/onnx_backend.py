@@ -1,0 +1,61 @@
+"""ONNX Runtime backend: a Predictor from an exported file alone (classes and input size from its metadata)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgclf.errors import UserError
+from imgclf.inference.export import INPUT_NAME, ONNX_FORMAT, sha256_file
+from imgclf.inference.predictor import Predictor
+
+
+def read_metadata(session: Any, path: str | Path) -> dict[str, str]:
+    """The metadata_props `imgclf export` wrote; a file without them cannot be decoded correctly."""
+    props = dict(session.get_modelmeta().custom_metadata_map)
+    if props.get("format") != ONNX_FORMAT or "classes" not in props or "input_size" not in props:
+        raise UserError(f"{path}: an ONNX model without imgclf metadata (class names, input size); "
+                        "export it with `imgclf export`")
+    return props
+
+
+def load_onnx_predictor(path: str | Path, threads: int | None = None) -> Predictor:
+    """Open `path` with ONNX Runtime on the CPU, with `threads` intra-op threads (default: torch's setting,
+    so a process sets its thread budget once) that sleep rather than spin when idle."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("ONNX Runtime is not installed: pip install 'imgclf[onnx]'") from None
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ONNX file not found: {path}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+        raise UserError(f"{path}: not a readable ONNX model ({exc.__class__.__name__})") from None
+    props = read_metadata(session, path)
+    try:
+        classes = list(json.loads(props["classes"]))
+        input_size = int(props["input_size"])
+    except (ValueError, TypeError):
+        raise UserError(f"{path}: malformed imgclf metadata in the ONNX file") from None
+    input_name = props.get("input_name", INPUT_NAME)
+    if input_name not in {i.name for i in session.get_inputs()}:
+        input_name = session.get_inputs()[0].name
+    output_name = session.get_outputs()[0].name
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        batch = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        return session.run([output_name], {input_name: batch})[0]
+
+    metadata = {"model": props.get("model", "unknown"), "source": str(path), "backend": "onnxruntime",
+                "checkpoint_sha256": props.get("checkpoint_sha256"), "onnx_sha256": sha256_file(path)}
+    return Predictor(run, classes, input_size, metadata)
