@@ -160,7 +160,7 @@ def test_kill_9_mid_epoch_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
 
 def test_short_real_cifar_run_beats_chance(tmp_path: Path) -> None:
     archive = require_cifar()
-    cfg = TrainConfig(data=str(archive), model="fastcnn", width=0.5, subset=5000, epochs=5, batch_size=128, quiet=True,
+    cfg = TrainConfig(data=str(archive), model="fastcnn", subset=5000, epochs=5, batch_size=128, quiet=True,
                       device="cpu", out=str(tmp_path / "run"))
     result = train(cfg)
     assert result.metrics["test_accuracy"] > 0.40, result.metrics  # chance is 0.10
