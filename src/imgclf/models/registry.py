@@ -39,14 +39,20 @@ def model_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def build_model(name: str, num_classes: int, *, pretrained: bool = False, weights: str | None = None,
-                dropout: float = 0.0, width: float = 1.0) -> ImageClassifier:
-    """Build a registered model with a head for `num_classes`; pretrained weights only where shipped."""
+def check_pretrained(name: str, pretrained: bool) -> ModelEntry:
+    """The model's entry; asking for ImageNet weights a model does not ship is a user error."""
     entry = model_entry(name)
     if pretrained and not entry.has_pretrained:
         with_weights = sorted(n for n, e in _REGISTRY.items() if e.has_pretrained)
         raise UserError(f"model {name!r} has no local pretrained weights (models with weights: "
                         f"{', '.join(with_weights)}); pass --weights FILE to load your own")
+    return entry
+
+
+def build_model(name: str, num_classes: int, *, pretrained: bool = False, weights: str | None = None,
+                dropout: float = 0.0, width: float = 1.0) -> ImageClassifier:
+    """Build a registered model with a head for `num_classes`; pretrained weights only where shipped."""
+    entry = check_pretrained(name, pretrained)
     return entry.builder(num_classes, pretrained=pretrained, weights=weights, dropout=dropout, width=width)
 
 

@@ -27,6 +27,13 @@ How the pieces meet the Trainer (imgclf.training.trainer):
 3. A frozen backbone's BatchNorm layers stay in eval mode (running statistics fixed, normalizing with
    them) even after `model.train()`: `freeze_backbone` marks them and a forward pre-hook puts a marked
    layer back in eval mode before each forward. The Trainer may keep calling `model.train()`.
+4. Fine-tuning a pretrained backbone (full, and gradual after unfreezing) keeps the BatchNorm running
+   statistics fixed by default (`train_bn=False`; the BN affine weights still train), as Keras advises for
+   transfer learning. Measured here: Lite0 from ImageNet on 1,000 CIFAR-10 images at 96 px, batch 32,
+   SGD at a constant 0.005 for the head, one head-only epoch, then two unfrozen epochs: test accuracy
+   0.544 -> 0.606 -> 0.646 with fixed statistics, 0.544 -> 0.424 -> 0.506 with BatchNorm training
+   (linear probe alone: 0.576 -> 0.586 -> 0.612 at 0.02). One seed and small data: for large datasets
+   far from ImageNet, `train_bn=True` (fastai's default) may win.
 
 Under DDP (torchrun), DistributedDataParallel records at construction which parameters need gradients:
 wrap the model unfrozen with `find_unused_parameters=True` for linear_probe and gradual (`GradualUnfreeze`).
@@ -157,11 +164,23 @@ def _backbone_norms(model: ImageClassifier) -> list[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm) and m not in head]
 
 
+def freeze_bn_stats(model: nn.Module) -> None:
+    """Fix the backbone's BatchNorm running statistics (eval mode for good); their weights may still train.
+
+    Idempotent. The layers stay in eval mode through later `model.train()` calls: a forward pre-hook,
+    registered once per layer, restores eval mode while the layer is marked frozen.
+    """
+    for bn in _backbone_norms(unwrap(model)):
+        setattr(bn, _FROZEN, True)
+        bn.train(False)
+        if _keep_frozen_bn_in_eval not in bn._forward_pre_hooks.values():
+            bn.register_forward_pre_hook(_keep_frozen_bn_in_eval)
+
+
 def freeze_backbone(model: nn.Module) -> None:
     """Stop the backbone from changing: no gradients for it, BatchNorm statistics fixed; the head trains.
 
-    Idempotent. The BatchNorm layers stay in eval mode through later `model.train()` calls (a forward
-    pre-hook, registered once per layer, restores eval mode while the layer is marked frozen).
+    Idempotent; see `freeze_bn_stats` for how BatchNorm stays in eval mode.
     """
     model = unwrap(model)
     head_ids = {id(p) for p in _head_params(model)}
@@ -169,18 +188,18 @@ def freeze_backbone(model: nn.Module) -> None:
         if id(p) not in head_ids:
             p.requires_grad_(False)
             p.grad = None
-    for bn in _backbone_norms(model):
-        setattr(bn, _FROZEN, True)
-        bn.train(False)
-        if _keep_frozen_bn_in_eval not in bn._forward_pre_hooks.values():
-            bn.register_forward_pre_hook(_keep_frozen_bn_in_eval)
+    freeze_bn_stats(model)
 
 
-def unfreeze(model: nn.Module) -> None:
-    """Train every parameter again; BatchNorm layers follow the model's train/eval mode again."""
+def unfreeze(model: nn.Module, train_bn: bool = True) -> None:
+    """Train every parameter again. With `train_bn`, BatchNorm layers follow the model's train/eval mode
+    again (running statistics update); without, their statistics stay fixed (see the module docstring)."""
     model = unwrap(model)
     for p in model.parameters():
         p.requires_grad_(True)
+    if not train_bn:
+        freeze_bn_stats(model)
+        return
     for bn in _backbone_norms(model):
         if getattr(bn, _FROZEN, False):
             setattr(bn, _FROZEN, False)
@@ -217,7 +236,9 @@ class GradualUnfreeze(Callback):
     so it already holds the backbone's groups with their discriminative LRs; unfreezing only turns their
     gradients on. The state follows from `trainer.epoch` at `on_fit_start` and each `on_epoch_start`, so
     it is deterministic and right after a resume. `freeze_epochs=None` reads `trainer.config.freeze_epochs`;
-    `math.inf` keeps the backbone frozen for good (linear_probe).
+    `math.inf` keeps the backbone frozen for good (linear_probe), 0 trains everything from the start
+    (full). `train_bn` says whether BatchNorm statistics update once unfrozen (default: no, see the
+    module docstring).
 
     DDP: DistributedDataParallel only all-reduces the parameters that needed gradients when it was built,
     and errors on parameters that then get none unless built with `find_unused_parameters=True`. So for
@@ -228,8 +249,9 @@ class GradualUnfreeze(Callback):
     drift apart after unfreezing, and freezing a model wrapped without find_unused_parameters raises.
     """
 
-    def __init__(self, freeze_epochs: float | None = None) -> None:
+    def __init__(self, freeze_epochs: float | None = None, train_bn: bool = False) -> None:
         self.freeze_epochs = freeze_epochs
+        self.train_bn = train_bn
 
     def frozen_at(self, epoch: int, trainer: Any) -> bool:
         limit = self.freeze_epochs if self.freeze_epochs is not None else trainer.config.freeze_epochs
@@ -245,7 +267,7 @@ class GradualUnfreeze(Callback):
         if missing:
             raise RuntimeError(f"{missing} parameters are not in the optimizer; build it from "
                                "param_groups(model, 'gradual', ...) so unfreezing has groups to train")
-        unfreeze(model)
+        unfreeze(model, train_bn=self.train_bn)
 
     def on_fit_start(self, trainer: Any) -> None:
         self._apply(trainer, trainer.epoch)
@@ -258,10 +280,13 @@ class GradualUnfreeze(Callback):
         self._apply(trainer, epoch)
 
 
-def finetune_callback(strategy: str, config: TrainConfig | None = None) -> Callback:
-    """The callback a strategy needs: linear_probe frozen for good, gradual per `freeze_epochs`, else none."""
+def finetune_callback(strategy: str, config: TrainConfig | None = None, train_bn: bool = False) -> Callback:
+    """The callback a strategy needs: linear_probe frozen for good, gradual frozen for `freeze_epochs`,
+    full unfrozen from the start (with BatchNorm statistics per `train_bn`); scratch needs none."""
     if strategy == "linear_probe":
         return GradualUnfreeze(math.inf)
     if strategy == "gradual":
-        return GradualUnfreeze(config.freeze_epochs if config is not None else None)
+        return GradualUnfreeze(config.freeze_epochs if config is not None else None, train_bn=train_bn)
+    if strategy == "full":
+        return GradualUnfreeze(0, train_bn=train_bn)
     return Callback()

@@ -7,6 +7,7 @@ from typing import Any
 
 from imgclf.config import TrainConfig
 from imgclf.models import ImageClassifier, model_entry
+from imgclf.models.registry import check_pretrained
 from imgclf.training.callbacks import Callback
 from imgclf.training.finetune import finetune_callback, param_groups, resolve_strategy
 from imgclf.training.optim import resolved_lr, resolved_weight_decay
@@ -19,7 +20,7 @@ SCRATCH_OPTIMIZER = "sgd"
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     """Fill what the user left open: the strategy, and an optimizer that suits it (AdamW at 1e-3 to
     fine-tune pretrained weights, Nesterov SGD from scratch); the result is what config.yaml records."""
-    strategy = resolve_strategy(cfg, model_entry(cfg.model))
+    strategy = resolve_strategy(cfg, check_pretrained(cfg.model, cfg.pretrained))
     optimizer = cfg.optimizer or (SCRATCH_OPTIMIZER if strategy == "scratch" else FINETUNE_OPTIMIZER)
     lr = cfg.lr
     if lr is None and strategy != "scratch" and optimizer == FINETUNE_OPTIMIZER:

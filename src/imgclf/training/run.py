@@ -84,6 +84,17 @@ def input_size_for(cfg: TrainConfig, splits: Splits) -> int:
     return splits.train.image_size
 
 
+def fit_batch_size(cfg: TrainConfig, num_train: int, announce: bool = False) -> TrainConfig:
+    """Never a batch over 1/8 of the training set (a power of two, at least 8): a folder of a few hundred
+    photos still gets several optimizer steps an epoch."""
+    cap = max(8, 2 ** int(np.log2(max(num_train / 8, 1))))
+    if cfg.batch_size <= cap:
+        return cfg
+    if announce:
+        print(f"imgclf: batch size {cfg.batch_size} -> {cap} for {num_train} training images", file=sys.stderr)
+    return cfg.replace(batch_size=cap)
+
+
 def load_data(cfg: TrainConfig) -> Splits:
     entry = model_entry(cfg.model)
     size = cfg.image_size or (entry.default_image_size if cfg.pretrained else None)
@@ -126,6 +137,8 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     classes = splits.classes
     if ckpt is not None and ckpt["classes"] != classes:
         raise UserError(f"{resume}: trained on classes {ckpt['classes'][:3]}..., data has {classes[:3]}...")
+    if ckpt is None:
+        cfg = fit_batch_size(cfg, len(splits.train), announce=dist.is_main and not cfg.quiet)
     input_size = input_size_for(cfg, splits)
     amp_dtype = resolve_amp(cfg, device)
 
