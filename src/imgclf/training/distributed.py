@@ -27,8 +27,10 @@ class DistContext:
         """DistributedDataParallel (with SyncBatchNorm when asked); the plain module keeps the weights.
 
         `find_unused`: fine-tuning freezes parts of the model after wrapping (see training.finetune)."""
-        if cfg.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if cfg.sync_bn:  # timm's converter keeps the activation fused into timm's BatchNormAct2d
+            from timm.layers import convert_sync_batchnorm
+
+            model = convert_sync_batchnorm(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
 
