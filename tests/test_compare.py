@@ -1,0 +1,162 @@
+"""`imgclf compare`: variants files, presets, fraction sweeps, and the JSON + HTML they write."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import make_folder
+from imgclf.cli import main
+from imgclf.config import TrainConfig
+from imgclf.errors import UserError
+from imgclf.reporting import compare
+from imgclf.reporting.compare import approach_of, load_preset, plan_runs, run_compare
+
+RUN_FIELDS = {"name", "approach", "train_fraction", "val_accuracy", "test_accuracy", "train_seconds", "run_dir"}
+DATA_URI = re.compile(r'src="data:image/png;base64,[A-Za-z0-9+/=]+"')
+
+
+def _base(root: Path, **kw: Any) -> TrainConfig:
+    return TrainConfig(data=str(root), model="tiny", epochs=2, batch_size=16, lr=0.05, device="cpu", quiet=True, **kw)
+
+
+def _check_outputs(out: Path) -> dict[str, Any]:
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert isinstance(comparison["verdict"], str) and comparison["verdict"]
+    for run in comparison["runs"]:
+        assert RUN_FIELDS <= set(run), run
+        assert run["approach"] in ("scratch", "finetune", "linear_probe")
+        assert (Path(run["run_dir"]) / "metrics.json").is_file() and Path(run["run_dir"]).parent == out / "runs"
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    figures = list((out / "figures").glob("*.png"))
+    assert len(DATA_URI.findall(html)) == len(figures) >= 3
+    assert (out / "report.md").is_file()
+    return comparison
+
+
+def test_compare_with_a_variants_file_and_fractions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_folder(tmp_path / "imgs", classes=3, per_class=20, splits=True)
+    variants = tmp_path / "variants.yaml"
+    variants.write_text("plain: {}\nregularized:\n  dropout: 0.3\n  weight_decay: 0.001\n")
+    out = tmp_path / "cmp"
+    code = main(["compare", "--data", str(data), "--model", "tiny", "--epochs", "2", "--batch-size", "16",
+                 "--lr", "0.05", "--device", "cpu", "--quiet", "--out", str(out), "--variants", str(variants),
+                 "--fractions", "0.5,1.0"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["verdict"]
+    comparison = _check_outputs(out)
+    runs = comparison["runs"]
+    assert [r["name"] for r in runs] == ["plain_f0.5", "regularized_f0.5", "plain_f1", "regularized_f1"]
+    assert [r["train_fraction"] for r in runs] == [0.5, 0.5, 1.0, 1.0]
+    half, full = runs[0], runs[2]
+    assert half["train_images"] * 2 == full["train_images"]
+    assert all(r["approach"] == "scratch" and r["test_accuracy"] is not None for r in runs)
+    assert (out / "figures" / "fractions.png").is_file()
+    config = (Path(runs[1]["run_dir"]) / "config.yaml").read_text()
+    assert "dropout: 0.3" in config and "train_fraction: 0.5" in config  # each run is a normal run directory
+
+
+def test_regularization_preset_reports_the_gap(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "imgs", classes=3, per_class=16, splits=True)
+    out = tmp_path / "reg"
+    comparison = run_compare(_base(data, subset=30), out, preset="regularization")
+    _check_outputs(out)
+    runs = {r["variant"]: r for r in comparison["runs"]}
+    assert list(runs) == ["none", "augmentation", "weight_decay", "dropout", "label_smoothing", "all"]
+    for r in runs.values():
+        assert r["train_images"] == 30 and r["approach"] == "scratch"
+        assert r["train_val_gap"] == pytest.approx(r["train_accuracy"] - r["val_accuracy"])
+        assert "test_gain" in r and "gap_closed" in r
+    none_cfg = (Path(runs["none"]["run_dir"]) / "config.yaml").read_text()
+    for line in ("crop_pad: 0", "flip: false", "weight_decay: 0.0", "dropout: 0.0", "label_smoothing: 0.0"):
+        assert line in none_cfg
+    assert "gap" in comparison["verdict"] and (out / "figures" / "gap.png").is_file()
+
+
+def test_transfer_preset_plans_scratch_against_finetune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    preset = load_preset("transfer")
+    assert set(preset["variants"]) == {"scratch", "finetune"}
+    assert preset["variants"]["finetune"] == {"model": "efficientnet_lite0", "pretrained": True, "width": 1.0}
+    # The pretrained model may not be registered yet: plan with a stand-in so this checks only the plan.
+    monkeypatch.setitem(preset["variants"], "finetune", {"model": "tiny", "weights": "w.pt"})
+    plans = plan_runs(_base(tmp_path), preset["variants"], tmp_path / "out", [0.1, 1.0], budget=5.0)
+    assert [p.name for p in plans] == ["scratch_f0.1", "finetune_f0.1", "scratch_f1", "finetune_f1"]
+    assert all(p.cfg.time_budget == 5.0 for p in plans)
+    assert [approach_of(p.cfg) for p in plans[:2]] == ["scratch", "finetune"]
+    assert approach_of(plans[1].cfg.replace(strategy="linear_probe")) == "linear_probe"
+
+
+def test_transfer_preset_runs_with_a_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default preset end to end, its fine-tuned model swapped for a tiny one starting from saved weights."""
+    import torch
+
+    from imgclf.models import build_model
+
+    data = make_folder(tmp_path / "imgs", classes=3, per_class=12, splits=True)
+    weights = tmp_path / "tiny.pt"
+    torch.save(build_model("tiny", 3).state_dict(), weights)
+    real = compare.load_preset
+
+    def stand_in(name: str) -> dict[str, Any]:
+        preset = real(name)
+        preset["variants"]["finetune"] = {"model": "tiny", "weights": str(weights)}
+        return preset
+
+    monkeypatch.setattr(compare, "load_preset", stand_in)
+    comparison = run_compare(_base(data), tmp_path / "tr")
+    assert [r["approach"] for r in comparison["runs"]] == ["scratch", "finetune"]
+    _check_outputs(tmp_path / "tr")
+
+
+def test_bad_variants_fail_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_folder(tmp_path / "imgs", classes=3, per_class=4)
+    variants = tmp_path / "v.yaml"
+    variants.write_text("good: {lr: 0.1}\nbad: {learning_rate: 0.1}\n")
+    out = tmp_path / "out"
+    assert main(["compare", "--data", str(data), "--out", str(out), "--variants", str(variants)]) == 2
+    err = capsys.readouterr().err
+    assert "variant 'bad'" in err and "learning_rate" in err and not (out / "runs").exists()
+    for text, message in [("- a\n- b\n", "mapping"), ("x y: {}\n", "variant name"), ("a: 3\n", "config keys")]:
+        variants.write_text(text)
+        with pytest.raises(UserError, match=message):
+            compare.load_variants_file(variants)
+    with pytest.raises(UserError, match="unknown preset"):
+        run_compare(_base(data), out, preset="nope")
+    with pytest.raises(UserError, match="fractions"):
+        run_compare(_base(data), out, fractions="0,1")
+
+
+def _record(variant: str, train: float, val: float, test: float, seconds: float = 10.0, fraction: float = 1.0,
+            approach: str = "scratch", images: int = 1000) -> dict[str, Any]:
+    return {"name": variant, "variant": variant, "approach": approach, "train_fraction": fraction,
+            "train_accuracy": train, "val_accuracy": val, "test_accuracy": test, "train_val_gap": train - val,
+            "train_seconds": seconds, "model": "fastcnn", "train_images": images}
+
+
+def test_regularization_verdict_names_what_closed_the_gap() -> None:
+    records = [_record("none", 1.00, 0.50, 0.50), _record("augmentation", 0.80, 0.65, 0.64),
+               _record("dropout", 0.95, 0.50, 0.49), _record("all", 0.75, 0.68, 0.67)]
+    compare._gap_shares(records, "none")
+    assert records[1]["gap_closed"] == pytest.approx(0.7) and records[1]["test_gain"] == pytest.approx(0.14)
+    text = compare.verdict_text(records, "regularization", "none", "test", 10_000)
+    assert "gap of 50.0 points" in text and "augmentation closed 70% of it (gap 15.0), test accuracy +14.0" in text
+    assert "dropout closed 10% of it (gap 45.0), test accuracy -1.0 (noise)" in text
+    assert "dropout closed the gap by fitting the training images less" in text
+    assert "most useful regularizer here is augmentation" in text and "+14.0 points" in text
+
+
+def test_transfer_verdict_with_fractions_and_noise() -> None:
+    records = [_record("scratch", 0.9, 0.60, 0.30, 5.0, 0.1, images=100),
+               _record("finetune", 0.9, 0.80, 0.75, 20.0, 0.1, "finetune", images=100),
+               _record("scratch", 0.9, 0.70, 0.70, 50.0), _record("finetune", 0.9, 0.90, 0.90, 200.0, 1.0, "finetune")]
+    text = compare.verdict_text(records, "transfer", "scratch", "test", 10_000)
+    assert text.startswith("finetune (fastcnn, fine-tuned) wins: 90.0% test accuracy vs 70.0%")
+    assert "+20.0 points" in text and "4.0x the training time" in text
+    assert "With 10% of the training data (100 images)" in text and "beats scratch on 100%" in text
+    tie = [_record("a", 0.9, 0.8, 0.801), _record("b", 0.9, 0.8, 0.800)]
+    assert "within noise" in compare.verdict_text(tie, "custom", "a", "test", 10_000)
