@@ -28,7 +28,7 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     and average gradients over it, so they differ only where BatchNorm normalises each half batch on its
     own (SyncBatchNorm needs CUDA). On this task that perturbs losses by well under 0.1 nats and weights by
     a small fraction of their size; a broken all-reduce or a wrong shard moves them by far more."""
-    root = make_folder(tmp_path / "f", classes=3, per_class=32, splits=True)
+    root = make_folder(tmp_path / "f", classes=3, per_class=96, splits=True)  # 259 train images: batch 32 kept
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["train", "--data", str(root), "--model", "tiny", "--epochs", "3", "--batch-size", "32",
               "--lr", "0.05", "--quiet", "--device", "cpu", "--no-amp"]
