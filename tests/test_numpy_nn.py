@@ -38,17 +38,7 @@ def nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread() -> object:
-    """One BLAS thread within each test (restored afterwards): these matrices are small, and on a busy
-    2-core machine OpenBLAS threads spin-wait on each other, which made the digits test 30x slower."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture

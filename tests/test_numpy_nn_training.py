@@ -51,17 +51,7 @@ def load_digits_splits(seed: int = 0) -> object:
     return _standin_digits(seed)
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread() -> object:
-    """One BLAS thread within each test (restored afterwards): these matrices are small, and on a busy
-    2-core machine OpenBLAS threads spin-wait on each other, which made the digits test 30x slower."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture

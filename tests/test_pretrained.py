@@ -18,14 +18,7 @@ from imgclf.models.registry import _REGISTRY, register
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread for these small tensors: on a busy 2-core machine libgomp's spin-waiting at
-    each parallel region made a 4-image Lite0 forward take ~2.8 s instead of ~0.02 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
