@@ -81,7 +81,8 @@ def test_regularization_preset_reports_the_gap(tmp_path: Path) -> None:
 def test_transfer_preset_plans_scratch_against_finetune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     preset = load_preset("transfer")
     assert set(preset["variants"]) == {"scratch", "finetune"}
-    assert preset["variants"]["finetune"] == {"model": "efficientnet_lite0", "pretrained": True, "width": 1.0}
+    assert preset["variants"]["finetune"] == {"model": "efficientnet_lite0", "pretrained": True, "width": 1.0,
+                                              "image_size": 128}
     # The pretrained model may not be registered yet: plan with a stand-in so this checks only the plan.
     monkeypatch.setitem(preset["variants"], "finetune", {"model": "tiny", "weights": "w.pt"})
     plans = plan_runs(_base(tmp_path), preset["variants"], tmp_path / "out", [0.1, 1.0], budget=5.0)
