@@ -126,3 +126,11 @@ def test_cifar10_offline_names_the_way_out(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(UserError, match="--data PATH"):
         load_splits("cifar10", data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_test_class_missing_from_train_is_a_user_error(tmp_path: Path, stream: bool) -> None:
+    root = make_folder(tmp_path / "f", classes=2, per_class=6, splits=True)
+    (root / "test" / "class_1").rename(root / "test" / "class_9")
+    with pytest.raises(UserError, match="appear in val/test but not in train"):
+        load_splits(str(root), stream=stream)

@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB always: grayscale, palette and RGBA (composited on white) are converted."""

@@ -9,14 +9,14 @@ import pickle
 import sys
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from imgclf.data.decode import IMAGE_SUFFIXES, decode_image, resize_square
-from imgclf.data.imageset import FileSet, ImageSet, Splits, check_usable, stratified_split
+from imgclf.data.decode import decode_image, resize_square
+from imgclf.data.imageset import FileSet, ImageSet, Splits, check_usable, stratified_split, stratified_subset
 from imgclf.errors import UserError
 
 CACHE_VERSION = 1
@@ -52,8 +52,6 @@ def load_splits(data: str, *, data_dir: str | None = None, image_size: int | Non
         else:
             raise UserError(f"{data}: not a folder or an archive ({', '.join(ARCHIVE_SUFFIXES)})")
     if subset is not None or train_fraction < 1.0:
-        from imgclf.data.imageset import stratified_subset
-
         size = len(splits.train) if subset is None else min(subset, len(splits.train))
         size = max(1, round(size * train_fraction))
         splits.train = splits.train.take(stratified_subset(splits.train.labels, size, seed))
@@ -138,6 +136,16 @@ class _Tree:
         return groups
 
 
+def _train_classes(path: Path, groups: dict[str, list[tuple[str, str]]]) -> tuple[str, list[str]]:
+    """The training group's key and its sorted class names; val/test classes must be among them."""
+    train_key = "train" if "train" in groups else ""
+    classes = sorted({c for c, _ in groups[train_key]})
+    unknown = sorted({c for g in groups.values() for c, _ in g} - set(classes))
+    if unknown:
+        raise UserError(f"{path}: classes {unknown[:3]} appear in val/test but not in train")
+    return train_key, classes
+
+
 def _list_members(path: Path) -> tuple[list[str], Callable[[str], bytes | Path]]:
     """Image members (posix relative names) of a folder or archive, and a function that reads one."""
     name = path.name.lower()
@@ -201,11 +209,7 @@ def _decode_tree(path: Path, image_size: int | None) -> tuple[dict[str, ImageSet
     """Decode every image in parallel threads (Pillow releases the GIL while decoding)."""
     tree = _Tree(path)
     groups = tree.layout()
-    train_key = "train" if "train" in groups else ""
-    classes = sorted({c for c, _ in groups[train_key]})
-    unknown = sorted({c for g in groups.values() for c, _ in g} - set(classes))
-    if unknown:
-        raise UserError(f"{path}: classes {unknown[:3]} appear in val/test but not in train")
+    _, classes = _train_classes(path, groups)
     index = {c: i for i, c in enumerate(classes)}
     size = image_size
     skipped: list[str] = []
@@ -257,10 +261,8 @@ def _center_square(a: np.ndarray) -> np.ndarray:
 
 def _folder_files(path: Path, image_size: int | None, val_fraction: float, seed: int) -> Splits:
     """The streaming form: paths and labels only, decoded batch by batch by the streaming loader."""
-    tree = _Tree(path)
-    groups = tree.layout()
-    train_key = "train" if "train" in groups else ""
-    classes = sorted({c for c, _ in groups[train_key]})
+    groups = _Tree(path).layout()
+    train_key, classes = _train_classes(path, groups)
     index = {c: i for i, c in enumerate(classes)}
     size = image_size or DEFAULT_MIXED_SIZE
     parts = {s: FileSet([path / m for _, m in items], np.asarray([index[c] for c, _ in items], dtype=np.int64),
@@ -270,13 +272,3 @@ def _folder_files(path: Path, image_size: int | None, val_fraction: float, seed:
         return Splits(train, parts["val"], parts.get("test"), source=str(path))
     kept, held = stratified_split(train.labels, val_fraction, seed)
     return Splits(train.take(kept), train.take(held), parts.get("test"), source=str(path))
-
-
-def iter_image_files(paths: list[str]) -> Iterator[Path]:
-    """Expand folders among `paths` into their image files (for predict)."""
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            yield p

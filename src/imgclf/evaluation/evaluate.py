@@ -9,7 +9,7 @@ from imgclf.data.loaders import make_loader
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import predict_logits, summarize
 from imgclf.training.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
-from imgclf.training.run import load_data, resolve_amp, resolve_device
+from imgclf.training.run import load_data, resolve_device
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str = "test", tta: bool = False,
@@ -29,6 +29,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     model = model_from_checkpoint(ckpt).to(dev)
     loader = make_loader(part, 256, dev, train=False, input_size=ckpt["input_size"], channels_last=False,
                          num_workers=cfg.num_workers)
-    logits, labels = predict_logits(model, loader, amp_dtype=resolve_amp(cfg.replace(amp=False), dev), tta=tta)
+    logits, labels = predict_logits(model, loader, tta=tta)  # float32: scores must not move with the CPU
     return {"checkpoint": str(checkpoint), "data": cfg.data, "split": split, "tta": tta,
             **summarize(logits, labels, splits.classes)}
