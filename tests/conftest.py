@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +75,44 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def imgclf(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True, timeout=300)
+
+
+def tiny_checkpoint(base: Path) -> Path:
+    """A tiny model trained once per session (a file under the session's temp root, shared by modules)."""
+    from imgclf.config import TrainConfig
+    from imgclf.training.run import train
+
+    root = base / "inference-shared"
+    ckpt = root / "run" / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        data = make_folder(root / "imgs", classes=3, per_class=20, splits=True)
+        train(TrainConfig(data=str(data), model="tiny", epochs=2, batch_size=16, quiet=True, device="cpu",
+                          out=str(root / "run")))
+    return ckpt
+
+
+def real_images(folder: Path) -> dict[str, Path]:
+    """Real photos from scikit-image: a PNG, a JPEG and a grayscale PNG, larger than the model input."""
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"png": folder / "chelsea.png", "jpeg": folder / "coffee.jpg", "gray": folder / "camera.png"}
+    if not paths["png"].is_file():
+        Image.fromarray(data.chelsea()).save(paths["png"])
+        Image.fromarray(data.coffee()).save(paths["jpeg"], quality=90)
+        Image.fromarray(data.camera()).save(paths["gray"])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return real_images(tmp_path_factory.getbasetemp() / "photos")

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from test_inference import imgclf, real_images, tiny_checkpoint
+from conftest import imgclf
 
 API_KEY = "s3cret-key"
 MAX_UPLOAD = 1_000_000
@@ -67,16 +67,6 @@ def stop_server(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return real_images(tmp_path_factory.getbasetemp() / "photos")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from test_inference import real_images, tiny_checkpoint
+from conftest import real_images, tiny_checkpoint
 from test_server import start_server, stop_server
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
