@@ -82,7 +82,11 @@ def test_transfer_preset_plans_scratch_against_finetune(tmp_path: Path, monkeypa
     preset = load_preset("transfer")
     assert set(preset["variants"]) == {"scratch", "finetune"}
     assert preset["variants"]["finetune"] == {"model": "efficientnet_lite0", "pretrained": True, "width": 1.0,
-                                              "image_size": 128}
+                                              "if_unset": {"image_size": 128}}
+    # The preset's fine-tuning resolution yields to the user's own --image-size; scratch keeps the data's size.
+    for given, expected in ((None, [None, 128]), (96, [96, 96])):
+        sized = plan_runs(_base(tmp_path, image_size=given), preset["variants"], tmp_path / "o", None, None)
+        assert [p.cfg.image_size for p in sized] == expected
     # The pretrained model may not be registered yet: plan with a stand-in so this checks only the plan.
     monkeypatch.setitem(preset["variants"], "finetune", {"model": "tiny", "weights": "w.pt"})
     plans = plan_runs(_base(tmp_path), preset["variants"], tmp_path / "out", [0.1, 1.0], budget=5.0)
@@ -122,7 +126,8 @@ def test_bad_variants_fail_before_training(tmp_path: Path, capsys: pytest.Captur
     assert main(["compare", "--data", str(data), "--out", str(out), "--variants", str(variants)]) == 2
     err = capsys.readouterr().err
     assert "variant 'bad'" in err and "learning_rate" in err and not (out / "runs").exists()
-    for text, message in [("- a\n- b\n", "mapping"), ("x y: {}\n", "variant name"), ("a: 3\n", "config keys")]:
+    for text, message in [("- a\n- b\n", "mapping"), ("x y: {}\n", "variant name"), ("a: 3\n", "config keys"),
+                          ("a: {if_unset: 3}\n", "if_unset must map")]:
         variants.write_text(text)
         with pytest.raises(UserError, match=message):
             compare.load_variants_file(variants)

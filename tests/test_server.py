@@ -138,6 +138,11 @@ def test_health_metadata_docs(server: str, client: httpx.Client, checkpoint: Pat
     assert meta["limits"]["max_files"] == MAX_FILES and "api_key" not in meta["limits"]
     docs = httpx.get(f"{server}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert "cdn." not in docs.text  # the docs page must work offline: its scripts come from this server
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs-assets/{asset}" in docs.text
+        served = httpx.get(f"{server}/docs-assets/{asset}")
+        assert served.status_code == 200 and len(served.content) > 10_000
     schema = httpx.get(f"{server}/openapi.json").json()
     assert {"/predict", "/predict/batch", "/health", "/metadata"} <= set(schema["paths"])
     page = httpx.get(f"{server}/")

@@ -20,6 +20,7 @@ from imgclf.data import load_splits
 from imgclf.data.loaders import BatchAugment, StreamingLoader, TensorLoader
 from imgclf.errors import TrainingDiverged
 from imgclf.evaluation.evaluate import evaluate_checkpoint
+from imgclf.evaluation.metrics import tta_logits
 from imgclf.training.callbacks import Callback
 from imgclf.training.checkpoint import load_checkpoint, model_from_checkpoint
 from imgclf.training.run import train
@@ -161,7 +162,21 @@ def test_kill_9_mid_epoch_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
 def test_short_real_cifar_run_beats_chance(tmp_path: Path) -> None:
     archive = require_cifar()
     cfg = TrainConfig(data=str(archive), model="fastcnn", subset=5000, epochs=5, batch_size=128, quiet=True,
-                      device="cpu", out=str(tmp_path / "run"))
+                      device="cpu", out=str(tmp_path / "run"), tta=True)
     result = train(cfg)
     assert result.metrics["test_accuracy"] > 0.40, result.metrics  # chance is 0.10
+    assert result.metrics["test_accuracy_without_tta"] > 0.40  # both numbers recorded, the plain one too
     assert np.isclose(sum(1 for _ in open(tmp_path / "run" / "history.csv")), 6)
+
+
+def test_tta_averages_the_mirror_and_two_one_pixel_shifts() -> None:
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
+    got = tta_logits(torch.nn.Flatten(), x)  # an "identity model": the logits are the view's pixels
+    views = [x, x.flip(3)]
+    shifted = []
+    for v in views:
+        padded = torch.nn.functional.pad(v, (1, 1, 1, 1), mode="reflect")
+        shifted += [padded[..., 2:, 2:], padded[..., :5, :5]]  # content moved up-left and down-right
+    expected = sum(v.flatten(1) for v in views) / 4 + sum(v.flatten(1) for v in shifted) / 8
+    assert torch.allclose(got, expected)
+    assert not torch.allclose(got, x.flatten(1))

@@ -51,7 +51,7 @@ _TRAIN_SWITCHES: list[tuple[str, str, str]] = [
     ("channels-last", "channels_last", "channels_last memory format"),
     ("compile", "compile", "torch.compile the model"),
     ("flip", "flip", "random horizontal flips"),
-    ("tta", "tta", "flip test-time augmentation in the final evaluation"),
+    ("tta", "tta", "test-time augmentation (mirror and 1-px shifts) in the final evaluation"),
     ("sync-bn", "sync_bn", "SyncBatchNorm under DDP"),
     ("quiet", "quiet", "no progress bar"),
 ]
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="DATA (default: the checkpoint's own)")
     p.add_argument("--data-dir")
     p.add_argument("--split", choices=["test", "val"], default="test")
-    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--tta", action="store_true", help="average over the mirrored and 1-px shifted image")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_evaluate)
 

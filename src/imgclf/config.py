@@ -55,7 +55,7 @@ class TrainConfig:
     loader: str = "auto"  # auto | memory | stream
     num_workers: int = 2
     sync_bn: bool = False
-    tta: bool = False  # flip test-time augmentation for the final evaluation
+    tta: bool = False  # test-time augmentation (mirror, 1-px shifts) for the final evaluation
     quiet: bool = False
     out: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (for example a recipe's name)

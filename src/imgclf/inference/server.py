@@ -35,9 +35,12 @@ try:
     import uvicorn
     from fastapi import FastAPI, File, HTTPException, Query, Request, Security, UploadFile
     from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi.security import APIKeyHeader
+    from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel
+    from swagger_ui_bundle import swagger_ui_path
 except ImportError as exc:  # the CLI turns this into one line, exit 2
     raise UserError(f"the server needs the serve extra ({exc.name} is missing): pip install 'imgclf[serve]'") from None
 
@@ -48,6 +51,7 @@ log = logging.getLogger("imgclf.server")
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")  # never EPS (runs Ghostscript) & co.
 PROTECTED = frozenset({"/predict", "/predict/batch", "/metadata"})
+DOCS_ASSETS = "/docs-assets"  # Swagger UI files, served from the swagger-ui-bundle package
 MULTIPART_SLACK = 16 * 1024  # part headers and boundaries on top of the file bytes
 OTHER_BODY_LIMIT = 64 * 1024  # nothing else takes a body
 MAX_TOP_K = 1000
@@ -248,7 +252,7 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
 
         protected = [Security(require_key)]
 
-    app = FastAPI(title="imgclf", version="1", lifespan=lifespan,
+    app = FastAPI(title="imgclf", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"Image classification with {predictor.metadata.get('model')} "
                               f"({len(predictor.classes)} classes). Upload images as multipart form data.")
     app.state.batcher, app.state.settings, app.state.predictor = batcher, settings, predictor
@@ -318,6 +322,16 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
                 "checkpoint_sha256": meta.get("checkpoint_sha256"), "onnx_sha256": meta.get("onnx_sha256"),
                 "limits": {k: v for k, v in asdict(settings).items() if k not in ("api_key", "decode_threads")},
                 "batching": {**batcher.stats.as_dict(), "queued": batcher.queued}}
+
+    # Swagger UI from the swagger-ui-bundle wheel, not FastAPI's default CDN: the docs work offline.
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="imgclf API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
 
     page, csp = _page()
 

@@ -41,8 +41,12 @@ def available_presets() -> list[str]:
                   if p.name.startswith("preset_") and p.name.endswith(".yaml"))
 
 
+IF_UNSET = "if_unset"  # a variant's soft overrides: they apply only where the user left the key unset
+
+
 def load_preset(name: str) -> dict[str, Any]:
-    """A shipped preset: {description, reference, base_if_unset, variants: {name: overrides}}."""
+    """A shipped preset: {description, reference, base_if_unset, variants: {name: overrides}}; a variant's
+    `if_unset` mapping holds values that yield to the user's own (an explicit --image-size, say)."""
     path = resources.files("imgclf") / "reporting" / f"preset_{name}.yaml"
     if not path.is_file():
         raise UserError(f"unknown preset {name!r}; available: {', '.join(available_presets())}")
@@ -76,6 +80,8 @@ def _check_variants(raw: Any, source: str) -> dict[str, dict[str, Any]]:
             overrides = {}
         if not isinstance(overrides, dict):
             raise UserError(f"{source}: variant {name!r} must map config keys to values, got {overrides!r}")
+        if not isinstance(overrides.get(IF_UNSET, {}), dict):
+            raise UserError(f"{source}: variant {name!r}: {IF_UNSET} must map config keys to values")
         variants[name] = dict(overrides)
     return variants
 
@@ -130,7 +136,9 @@ def plan_runs(base: TrainConfig, variants: dict[str, dict[str, Any]], out: Path,
     for fraction in fractions or [None]:
         for variant, overrides in variants.items():
             name = variant if fraction is None else f"{variant}_f{fraction:g}"
-            changes = {**common, **overrides, "out": str(out / "runs" / name)}
+            forced = {k: v for k, v in overrides.items() if k != IF_UNSET}
+            soft = {k: v for k, v in overrides.get(IF_UNSET, {}).items() if getattr(base, k, None) is None}
+            changes = {**common, **soft, **forced, "out": str(out / "runs" / name)}
             if fraction is not None:
                 changes["train_fraction"] = fraction
             try:

@@ -19,7 +19,7 @@ from imgclf.config import TrainConfig
 from imgclf.data import Splits, load_splits
 from imgclf.data.loaders import BatchAugment, make_loader
 from imgclf.errors import UserError
-from imgclf.evaluation.metrics import predict_logits, summarize
+from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits, summarize
 from imgclf.models import build_model, model_entry
 from imgclf.training import callbacks as cb
 from imgclf.training import distributed
@@ -213,12 +213,17 @@ def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, input_
                              channels_last=cfg.channels_last, num_workers=cfg.num_workers)
         logits, labels = predict_logits(trainer.model, loader, amp_dtype=amp_dtype, tta=cfg.tta)
         results[name] = summarize(logits, labels, splits.classes)
+        if cfg.tta:  # what the views added, measured rather than assumed
+            plain, _ = predict_logits(trainer.model, loader, amp_dtype=amp_dtype)
+            results[name]["accuracy_without_tta"] = loss_and_accuracy(plain, labels)[1]
         if is_main:
             np.savez(run_dir / f"predictions_{name}.npz", logits=logits.numpy(), labels=labels.numpy())
     images_seen = trainer.step * cfg.batch_size
     return {
         "val_accuracy": results["val"]["accuracy"],
         "test_accuracy": results["test"]["accuracy"] if results["test"] else None,
+        **({f"{name}_accuracy_without_tta": results[name]["accuracy_without_tta"]
+            for name in ("val", "test") if results[name]} if cfg.tta else {}),
         "val_loss": results["val"]["loss"],
         "test_loss": results["test"]["loss"] if results["test"] else None,
         "best_epoch": trainer.best_epoch,
