@@ -61,7 +61,9 @@ def _sgd(groups: list[dict]) -> torch.optim.Optimizer:
 
 def _trainer(model: ImageClassifier, optimizer: torch.optim.Optimizer, **cfg) -> SimpleNamespace:
     config = TrainConfig(model="efficientnet_lite0", pretrained=True, **cfg)
-    return SimpleNamespace(model=model, optimizer=optimizer, epoch=0, config=config)
+    trainer = SimpleNamespace(model=model, optimizer=optimizer, epoch=0, config=config, done=0.0)
+    trainer.progress = lambda: trainer.done  # share of the run done, as Trainer.progress() reports it
+    return trainer
 
 
 def test_linear_probe_changes_only_the_head() -> None:
@@ -157,6 +159,26 @@ def test_gradual_trains_head_first_then_everything_at_lower_lrs() -> None:
     assert not ft.is_frozen(fresh)
     ft.finetune_callback("gradual", resumed.config).prepare_resume(resumed, 0)
     assert ft.is_frozen(fresh)
+
+
+def test_gradual_unfreezes_mid_epoch_when_the_frozen_epochs_would_eat_the_run() -> None:
+    """A time budget shorter than `freeze_epochs` still fine-tunes: the backbone thaws at MAX_FROZEN_SHARE."""
+    model = _model()
+    trainer = _trainer(model, _sgd(ft.param_groups(model, "gradual", LR, WD)), strategy="gradual", freeze_epochs=1)
+    callback = ft.finetune_callback("gradual", trainer.config)
+    callback.on_fit_start(trainer)
+    for done in (0.0, 0.1, ft.MAX_FROZEN_SHARE - 1e-6):
+        trainer.done = done
+        callback.on_batch_start(trainer)
+        assert ft.is_frozen(model), done
+    trainer.done = ft.MAX_FROZEN_SHARE
+    callback.on_batch_start(trainer)
+    assert not ft.is_frozen(model) and trainer.epoch == 0
+    probe = ft.finetune_callback("linear_probe")  # a linear probe stays frozen however far the run gets
+    probe.on_fit_start(trainer)
+    trainer.done = 0.9
+    probe.on_batch_start(trainer)
+    assert ft.is_frozen(model)
 
 
 def test_full_trains_everything_and_train_bn_moves_statistics() -> None:

@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 
 STRATEGIES = ("scratch", "full", "linear_probe", "gradual")
 DEFAULT_LR_DECAY = 0.5  # per layer group; Lite0's 5 groups span lr/2 .. lr/32 (fastai: about lr/100 .. lr)
+MAX_FROZEN_SHARE = 0.25  # gradual unfreezes by this share of the run at the latest: a time budget shorter than
+                        # `freeze_epochs` (one epoch of full CIFAR-10 is minutes on a CPU) must not end as a
+                        # linear probe
 _FROZEN = "_imgclf_frozen"  # attribute on a BatchNorm module whose statistics must not move
 
 
@@ -230,7 +233,8 @@ def set_train_mode(model: nn.Module, training: bool = True) -> nn.Module:
 
 
 class GradualUnfreeze(Callback):
-    """The backbone frozen while `trainer.epoch < freeze_epochs` (0-based epochs), trained after.
+    """The backbone frozen while `trainer.epoch < freeze_epochs` (0-based epochs) and the run is less than
+    MAX_FROZEN_SHARE done (checked before every batch), trained after.
 
     Assumes (see the module docstring): the optimizer was built from `param_groups(model, "gradual", ...)`,
     so it already holds the backbone's groups with their discriminative LRs; unfreezing only turns their
@@ -252,14 +256,18 @@ class GradualUnfreeze(Callback):
     def __init__(self, freeze_epochs: float | None = None, train_bn: bool = False) -> None:
         self.freeze_epochs = freeze_epochs
         self.train_bn = train_bn
+        self.frozen = False
 
     def frozen_at(self, epoch: int, trainer: Any) -> bool:
         limit = self.freeze_epochs if self.freeze_epochs is not None else trainer.config.freeze_epochs
-        return epoch < limit
+        if math.isinf(limit):
+            return True
+        return epoch < limit and trainer.progress() < MAX_FROZEN_SHARE
 
     def _apply(self, trainer: Any, epoch: int) -> None:
         model = unwrap(trainer.model)
-        if self.frozen_at(epoch, trainer):
+        self.frozen = self.frozen_at(epoch, trainer)
+        if self.frozen:
             freeze_backbone(model)
             return
         in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
@@ -274,6 +282,11 @@ class GradualUnfreeze(Callback):
 
     def on_epoch_start(self, trainer: Any) -> None:
         self._apply(trainer, trainer.epoch)
+
+    def on_batch_start(self, trainer: Any) -> None:
+        """Unfreeze mid-epoch once the run is MAX_FROZEN_SHARE done (steps, or seconds of a time budget)."""
+        if self.frozen and not self.frozen_at(trainer.epoch, trainer):
+            self._apply(trainer, trainer.epoch)
 
     def prepare_resume(self, trainer: Any, epoch: int) -> None:
         """Nothing to rebuild (the optimizer's groups never change); set the freeze state for `epoch`."""
