@@ -66,7 +66,7 @@ def run_baseline(budget: float, eval_every: float) -> dict:
         return loss_and_accuracy(*predict_logits(Normalized(), make_loader(part, 500, "cpu", train=False,
                                                                             channels_last=False)))[1]
 
-    curve, seconds, next_eval = [], 0.0, eval_every
+    curve, seconds, next_eval, steps = [], 0.0, eval_every, 0
     while seconds < budget:
         tick = time.perf_counter()
         for x, y in loader:
@@ -76,6 +76,7 @@ def run_baseline(budget: float, eval_every: float) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            steps += 1
             seconds += time.perf_counter() - tick
             tick = time.perf_counter()
             if seconds >= next_eval or seconds >= budget:
@@ -86,7 +87,8 @@ def run_baseline(budget: float, eval_every: float) -> dict:
             if seconds >= budget:
                 break
     return {"test_accuracy": score(splits.test), "val_accuracy": curve[-1][1], "curve": curve,
-            "train_seconds": round(seconds, 1)}
+            "train_seconds": round(seconds, 1), "steps": steps,
+            "images_per_second": round(steps * loader.batch_size / max(seconds, 1e-9), 1)}
 
 
 def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | None:
@@ -117,6 +119,7 @@ def main() -> None:
             "baseline_seconds_to_baseline_val": time_to_reach(base["curve"], target),
             "imgclf_epochs": result.metrics["epochs_run"],
             "imgclf_images_per_second": result.metrics["images_per_second"],
+            "baseline_steps": base["steps"], "baseline_images_per_second": base["images_per_second"],
             "imgclf_curve": ours_curve, "baseline_curve": base["curve"],
         }
     print(json.dumps(out))
