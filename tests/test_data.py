@@ -134,3 +134,15 @@ def test_test_class_missing_from_train_is_a_user_error(tmp_path: Path, stream: b
     (root / "test" / "class_1").rename(root / "test" / "class_9")
     with pytest.raises(UserError, match="appear in val/test but not in train"):
         load_splits(str(root), stream=stream)
+
+
+def test_auto_loader_streams_a_folder_too_big_for_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgclf.data import sources
+    from imgclf.data.imageset import FileSet, ImageSet
+
+    root = make_folder(tmp_path / "f", classes=2, per_class=6)
+    assert isinstance(load_splits(str(root), stream=None).train, ImageSet)  # 12 tiny images: decoded in memory
+    monkeypatch.setattr(sources, "MEMORY_SHARE", 1e-12)  # as if the machine had almost no RAM
+    streamed = load_splits(str(root), stream=None)
+    assert isinstance(streamed.train, FileSet) and len(streamed.train) + len(streamed.val) == 12
+    assert isinstance(load_splits(str(root), stream=False).train, ImageSet)  # --loader memory still decodes

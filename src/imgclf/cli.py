@@ -42,7 +42,7 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--grad-clip", "grad_clip", float, "clip the gradient norm to this value"),
     ("--time-budget", "time_budget", float, "stop training after this many seconds, then evaluate and save"),
     ("--early-stop", "early_stop_patience", int, "stop after N epochs without val-accuracy gain"),
-    ("--loader", "loader", str, "auto | memory | stream"),
+    ("--loader", "loader", str, "memory | stream | auto (stream a folder too big for a quarter of RAM)"),
     ("--num-workers", "num_workers", int, "worker processes of the streaming loader"),
 ]
 _TRAIN_SWITCHES: list[tuple[str, str, str]] = [

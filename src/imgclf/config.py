@@ -52,7 +52,7 @@ class TrainConfig:
     time_budget: float | None = None  # seconds of training; then stop, evaluate and save
     early_stop_patience: int | None = None
     early_stop_min_delta: float = 0.0
-    loader: str = "auto"  # auto | memory | stream
+    loader: str = "auto"  # memory | stream | auto (memory unless the decoded images would take over 1/4 of RAM)
     num_workers: int = 2
     sync_bn: bool = False
     tta: bool = False  # test-time augmentation (mirror, 1-px shifts) for the final evaluation

@@ -31,8 +31,11 @@ def cache_dir() -> Path:
 
 def load_splits(data: str, *, data_dir: str | None = None, image_size: int | None = None,
                 val_fraction: float = 0.1, seed: int = 0, subset: int | None = None,
-                train_fraction: float = 1.0, stream: bool = False) -> Splits:
+                train_fraction: float = 1.0, stream: bool | None = False) -> Splits:
     """Resolve a DATA spec to train/val/test; val is the source's own or a seeded per-class split of train.
+
+    `stream`: True keeps a folder on disk (paths only, decoded batch by batch), False decodes everything
+    into memory, None decides: stream a folder whose decoded images would not fit comfortably in RAM.
 
     `subset` / `train_fraction` thin the training split only (seeded, per class), after val is carved,
     so every variant of a comparison is scored on the same val and test images.
@@ -45,7 +48,7 @@ def load_splits(data: str, *, data_dir: str | None = None, image_size: int | Non
         path = Path(data).expanduser()
         if not path.exists():
             raise UserError(f"data not found: {data} (expected cifar10, digits, an image folder or an archive)")
-        if path.is_dir() and stream:
+        if path.is_dir() and (stream or (stream is None and _too_big_for_memory(path, image_size))):
             splits = _folder_files(path, image_size, val_fraction, seed)
         elif path.is_dir() or path.name.lower().endswith(ARCHIVE_SUFFIXES):
             splits = _cached_tree(path, image_size, val_fraction, seed)
@@ -257,6 +260,17 @@ def _center_square(a: np.ndarray) -> np.ndarray:
     h, w = a.shape[:2]
     s = min(h, w)
     return a[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+
+
+MEMORY_SHARE = 0.25  # the auto loader decodes into memory while the uint8 images take at most this share of RAM
+
+
+def _too_big_for_memory(path: Path, image_size: int | None) -> bool:
+    """Estimated from the file count and the input side (the default side for mixed sizes), before decoding."""
+    count = sum(len(items) for items in _Tree(path).layout().values())
+    side = image_size or DEFAULT_MIXED_SIZE
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return count * side * side * 3 > MEMORY_SHARE * ram
 
 
 def _folder_files(path: Path, image_size: int | None, val_fraction: float, seed: int) -> Splits:

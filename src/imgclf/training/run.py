@@ -101,7 +101,7 @@ def load_data(cfg: TrainConfig) -> Splits:
     size = cfg.image_size or (entry.default_image_size if cfg.pretrained else None)
     return load_splits(cfg.data, data_dir=cfg.data_dir, image_size=size, val_fraction=cfg.val_fraction,
                        seed=cfg.seed, subset=cfg.subset, train_fraction=cfg.train_fraction,
-                       stream=cfg.loader == "stream")
+                       stream={"stream": True, "memory": False}.get(cfg.loader))  # auto: None, decided by size
 
 
 def new_run_dir(out: str | None, cfg: TrainConfig) -> Path:
