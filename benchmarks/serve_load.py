@@ -217,7 +217,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--runs", type=int, default=3, help="alternating runs of each server; medians reported")
     p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="the server's default")
     p.add_argument("--checkpoint", help="use this checkpoint instead of training one")
     p.add_argument("--baseline-server", metavar="CHECKPOINT", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -270,6 +270,8 @@ def main() -> None:
         **{name: summarize(r) for name, r in runs.items() if name not in ("batched", "baseline")},
         "throughput_ratio": round(batched["requests_per_s"] / baseline["requests_per_s"], 2),
         "p99_ratio_baseline_over_batched": round(baseline["p99_ms"] / batched["p99_ms"], 2),
+        **({"throughput_ratio_onnx": round(summarize(runs["batched_onnx"])["requests_per_s"]
+                                           / baseline["requests_per_s"], 2)} if "batched_onnx" in runs else {}),
         "cpu_per_request_ratio_baseline_over_batched": round(
             baseline["server_cpu_ms_per_request"] / batched["server_cpu_ms_per_request"], 2),
         "per_run": runs,

@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="require this key in the X-API-Key header (or set IMGCLF_API_KEY)")
     p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long a request may wait for others to share its forward pass")
     p.add_argument("--max-upload-bytes", type=int, default=10 * 1024 * 1024)
     p.add_argument("--max-pixels", type=int, default=40_000_000)
     p.add_argument("--max-files", type=int, default=64)

@@ -89,7 +89,7 @@ class ServerSettings:
 
     api_key: str | None = None
     max_batch_size: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 10.0  # serve_load on 2 cores: 3.3x the naive server's throughput at 10 ms, 2.7-2.9x at 5
     max_upload_bytes: int = 10 * 1024 * 1024  # per file
     max_pixels: int = 40_000_000  # width x height, read from the header before decoding
     max_files: int = 64  # per /predict/batch request
