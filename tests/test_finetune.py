@@ -236,3 +236,14 @@ def test_freezing_a_random_backbone_is_refused(strategy: str) -> None:
     cfg = TrainConfig(model="efficientnet_lite0", strategy=strategy)
     with pytest.raises(UserError, match="--pretrained"):
         ft.resolve_strategy(cfg, model_entry("efficientnet_lite0"))
+
+
+def test_resolved_defaults_fine_tune_on_a_cpu_in_small_batches() -> None:
+    from imgclf.training.plan import BATCH_SIZE, FINETUNE_CPU_BATCH_SIZE, resolve_defaults
+
+    finetune = resolve_defaults(TrainConfig(model="efficientnet_lite0", pretrained=True, device="cpu"))
+    assert (finetune.batch_size, finetune.optimizer, finetune.lr) == (FINETUNE_CPU_BATCH_SIZE, "adamw", 1e-3)
+    scratch = resolve_defaults(TrainConfig(model="fastcnn", device="cpu"))
+    assert (scratch.batch_size, scratch.optimizer) == (BATCH_SIZE, "sgd")
+    mine = resolve_defaults(TrainConfig(model="efficientnet_lite0", pretrained=True, device="cpu", batch_size=96))
+    assert mine.batch_size == 96  # what the user asked for stays

@@ -25,7 +25,7 @@ class TrainConfig:
     strategy: str = "auto"  # fine-tuning: auto | full | linear_probe | gradual
     freeze_epochs: int = 1  # gradual: epochs with only the head trained
     epochs: int | None = None  # None: 10, or as many as fit when time_budget is set
-    batch_size: int = 256
+    batch_size: int | None = None  # None: 256, or 32 to fine-tune pretrained weights on a CPU
     lr: float | None = None  # None: the recipe's default for the optimizer and strategy
     optimizer: str | None = None  # sgd (Nesterov) | adamw; None: sgd from scratch, adamw to fine-tune
     momentum: float = 0.9
@@ -132,7 +132,7 @@ def _check(cfg: TrainConfig, source: str) -> None:
             raise UserError(f"{source}: {f.name} must be a number, got {value!r}")
         if f.type in ("bool", "bool | None") and not isinstance(value, bool):
             raise UserError(f"{source}: {f.name} must be true or false, got {value!r}")
-    if (cfg.epochs is not None and cfg.epochs < 1) or cfg.batch_size < 1:
+    if (cfg.epochs is not None and cfg.epochs < 1) or (cfg.batch_size is not None and cfg.batch_size < 1):
         raise UserError(f"{source}: epochs and batch_size must be at least 1")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise UserError(f"{source}: val_fraction must be between 0 and 1")
