@@ -146,3 +146,10 @@ def test_auto_loader_streams_a_folder_too_big_for_memory(tmp_path: Path, monkeyp
     streamed = load_splits(str(root), stream=None)
     assert isinstance(streamed.train, FileSet) and len(streamed.train) + len(streamed.val) == 12
     assert isinstance(load_splits(str(root), stream=False).train, ImageSet)  # --loader memory still decodes
+
+
+def test_eval_batches_hold_the_pixels_of_256_small_images_on_a_cpu() -> None:
+    from imgclf.data.loaders import eval_batch_size
+
+    assert [eval_batch_size(s, "cpu") for s in (None, 8, 32, 64, 128, 224, 512)] == [256, 256, 256, 64, 16, 8, 8]
+    assert eval_batch_size(224, "cuda") == 256

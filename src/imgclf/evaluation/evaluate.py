@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from imgclf.data.loaders import make_loader
+from imgclf.data.loaders import eval_batch_size, make_loader
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import predict_logits, summarize
 from imgclf.training.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
@@ -27,7 +27,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
         raise UserError(f"{cfg.data} has no {split} split; use --split val")
     dev = resolve_device(device)
     model = model_from_checkpoint(ckpt).to(dev)
-    loader = make_loader(part, 256, dev, train=False, input_size=ckpt["input_size"], channels_last=False,
+    size = ckpt["input_size"]
+    loader = make_loader(part, eval_batch_size(size, dev), dev, train=False, input_size=size, channels_last=False,
                          num_workers=cfg.num_workers)
     logits, labels = predict_logits(model, loader, tta=tta)  # float32: scores must not move with the CPU
     return {"checkpoint": str(checkpoint), "data": cfg.data, "split": split, "tta": tta,

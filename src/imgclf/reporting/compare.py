@@ -174,13 +174,13 @@ def thin(splits: Any, cfg: TrainConfig) -> Any:
 
 def _clean_train_accuracy(model: Any, train_set: Any, cfg: TrainConfig, input_size: int) -> float:
     """Accuracy on the training images as the model sees test images: no augmentation, eval mode."""
-    from imgclf.data.loaders import make_loader
+    from imgclf.data.loaders import eval_batch_size, make_loader
     from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits
     from imgclf.training.run import resolve_amp
 
     device = next(model.parameters()).device
-    loader = make_loader(train_set, 256, device, train=False, input_size=input_size, channels_last=cfg.channels_last,
-                         num_workers=cfg.num_workers)
+    loader = make_loader(train_set, eval_batch_size(input_size, device), device, train=False, input_size=input_size,
+                         channels_last=cfg.channels_last, num_workers=cfg.num_workers)
     return loss_and_accuracy(*predict_logits(model, loader, amp_dtype=resolve_amp(cfg, device)))[1]
 
 

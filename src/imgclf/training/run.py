@@ -17,7 +17,7 @@ import torch
 
 from imgclf.config import TrainConfig
 from imgclf.data import Splits, load_splits
-from imgclf.data.loaders import BatchAugment, make_loader
+from imgclf.data.loaders import BatchAugment, eval_batch_size, make_loader
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits, summarize
 from imgclf.models import build_model, model_entry
@@ -154,8 +154,8 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     train_loader = make_loader(splits.train, cfg.batch_size, device, train=True, augment=augment, seed=cfg.seed,
                                input_size=input_size, channels_last=cfg.channels_last,
                                num_workers=cfg.num_workers)
-    val_loader = make_loader(splits.val, max(cfg.batch_size, 256), device, train=False, input_size=input_size,
-                             channels_last=cfg.channels_last, num_workers=cfg.num_workers)
+    val_loader = make_loader(splits.val, eval_batch_size(input_size, device), device, train=False,
+                             input_size=input_size, channels_last=cfg.channels_last, num_workers=cfg.num_workers)
     train_model = dist.wrap(model, cfg, find_unused=plan is not None) if dist.active else model
     if cfg.compile:
         train_model = torch.compile(train_model)
@@ -209,7 +209,7 @@ def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, input_
         if part is None:
             results[name] = None
             continue
-        loader = make_loader(part, 256, device, train=False, input_size=input_size,
+        loader = make_loader(part, eval_batch_size(input_size, device), device, train=False, input_size=input_size,
                              channels_last=cfg.channels_last, num_workers=cfg.num_workers)
         logits, labels = predict_logits(trainer.model, loader, amp_dtype=amp_dtype, tta=cfg.tta)
         results[name] = summarize(logits, labels, splits.classes)
