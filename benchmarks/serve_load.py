@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,17 +34,11 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' synthetic-folder helper
 
 from _common import median  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port, make_folder, stop_process  # noqa: E402
 
 
 def make_checkpoint(work: Path, model: str, size: int, width: float) -> Path:
     """One epoch on a synthetic folder: a real checkpoint in the Trainer's format, quickly."""
-    from conftest import make_folder
     from imgclf.config import TrainConfig
     from imgclf.training.run import train
 
@@ -109,15 +102,6 @@ def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
             time.sleep(0.2)
     proc.kill()
     raise SystemExit(f"server did not start: {' '.join(cmd)}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def multipart_request(port: int, image: bytes) -> bytes:
@@ -196,7 +180,7 @@ def measure(name: str, cmd: list[str], port: int, images: list[bytes], args: arg
                 result["mean_batch"] = json.load(r)["batching"]["mean_batch"]
         return result
     finally:
-        stop(proc)
+        stop_process(proc, grace=10)
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -236,8 +220,6 @@ def main() -> None:
             work, args.model, args.image_size, args.width)
         images = [f.read_bytes() for f in sorted((work / "imgs").rglob("*.png"))[:50]] if not args.checkpoint else []
         if not images:
-            from conftest import make_folder
-
             folder = make_folder(work / "imgs", classes=10, per_class=5, size=args.image_size)
             images = [f.read_bytes() for f in sorted(folder.rglob("*.png"))]
         servers = {
@@ -259,7 +241,8 @@ def main() -> None:
                 port = free_port()
                 runs[name].append(measure(name, [*cmd, "--port", str(port)], port, images, args, work))
 
-    batched, baseline = summarize(runs["batched"]), summarize(runs["baseline"])
+    summaries = {name: summarize(r) for name, r in runs.items()}
+    batched, baseline = summaries["batched"], summaries["baseline"]
     print(json.dumps({
         "benchmark": "serve_load",
         "model": args.model, "width": args.width, "image_size": args.image_size,
@@ -267,11 +250,11 @@ def main() -> None:
         "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
         "cpu_count": os.cpu_count(), "torch_threads_default": _torch_threads(),
         "batched": batched, "baseline": baseline,
-        **{name: summarize(r) for name, r in runs.items() if name not in ("batched", "baseline")},
+        **{name: summary for name, summary in summaries.items() if name not in ("batched", "baseline")},
         "throughput_ratio": round(batched["requests_per_s"] / baseline["requests_per_s"], 2),
         "p99_ratio_baseline_over_batched": round(baseline["p99_ms"] / batched["p99_ms"], 2),
-        **({"throughput_ratio_onnx": round(summarize(runs["batched_onnx"])["requests_per_s"]
-                                           / baseline["requests_per_s"], 2)} if "batched_onnx" in runs else {}),
+        **({"throughput_ratio_onnx": round(summaries["batched_onnx"]["requests_per_s"]
+                                           / baseline["requests_per_s"], 2)} if "batched_onnx" in summaries else {}),
         "cpu_per_request_ratio_baseline_over_batched": round(
             baseline["server_cpu_ms_per_request"] / batched["server_cpu_ms_per_request"], 2),
         "per_run": runs,

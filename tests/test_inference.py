@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import imgclf
+from conftest import free_port, imgclf
 from imgclf.errors import UserError
 from imgclf.inference import export as export_mod
 from imgclf.inference.batching import MicroBatcher
@@ -170,12 +169,6 @@ def test_microbatcher_deadline_errors_and_workers() -> None:
 
 
 # ------------------------------------------------------------------------------------------- ONNX served
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def onnx_server(exported: tuple[Path, dict]) -> Iterator[str]:

@@ -4,6 +4,7 @@ weights and inputs (float64), optimizers step for step against torch.optim, and 
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -204,27 +205,26 @@ def test_dropout_matches_torch_given_the_mask(rng: np.random.Generator) -> None:
     close(layer.forward(x), torch.nn.Dropout(0.4).eval()(t(x)))
 
 
-@pytest.mark.parametrize("shape", [(8, 5), (4, 3, 6)])
-@pytest.mark.parametrize("training", [True, False])
-def test_batchnorm1d_matches_torch(rng: np.random.Generator, shape: tuple[int, ...], training: bool) -> None:
-    c = shape[1]
-    layer = nn.BatchNorm1d(c).astype(np.float64)
-    ref = torch.nn.BatchNorm1d(c).double()
+def assert_batchnorm_matches(layer: nn.Layer, ref: torch.nn.Module, x: np.ndarray, training: bool,
+                             rng: np.random.Generator,
+                             through_torch: Callable[..., torch.Tensor] = lambda ref, tx: ref(tx)) -> None:
+    """Same affine parameters and running statistics in both; then outputs, gradients and the updated
+    statistics must agree. `through_torch` maps the NumPy layout to torch's and back where they differ."""
+    c = ref.num_features
     gamma, beta = 1 + 0.3 * rng.standard_normal(c), 0.2 * rng.standard_normal(c)
     mean, var = rng.standard_normal(c), rng.uniform(0.5, 2, c)
+    layer.astype(np.float64)
     layer.gamma.value, layer.beta.value = gamma.copy(), beta.copy()
     layer.running_mean, layer.running_var = mean.copy(), var.copy()
+    ref.double()
     with torch.no_grad():
-        ref.weight.copy_(t(gamma))
-        ref.bias.copy_(t(beta))
-        ref.running_mean.copy_(t(mean))
-        ref.running_var.copy_(t(var))
+        for tensor, value in ((ref.weight, gamma), (ref.bias, beta), (ref.running_mean, mean), (ref.running_var, var)):
+            tensor.copy_(t(value))
     layer.train(training)
     ref.train(training)
-    x = 2 * rng.standard_normal(shape) + 1
-    up = rng.standard_normal(shape)
+    up = rng.standard_normal(x.shape)
     tx = t(x, True)
-    ty = ref(tx)
+    ty = through_torch(ref, tx)
     y, dx = run_numpy(layer, x, up)
     ty.backward(t(up))
     close(y, ty)
@@ -235,26 +235,18 @@ def test_batchnorm1d_matches_torch(rng: np.random.Generator, shape: tuple[int, .
     close(layer.running_var, ref.running_var)
 
 
+@pytest.mark.parametrize("shape", [(8, 5), (4, 3, 6)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm1d_matches_torch(rng: np.random.Generator, shape: tuple[int, ...], training: bool) -> None:
+    x = 2 * rng.standard_normal(shape) + 1
+    assert_batchnorm_matches(nn.BatchNorm1d(shape[1]), torch.nn.BatchNorm1d(shape[1]), x, training, rng)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm2d_matches_torch(rng: np.random.Generator, training: bool) -> None:
-    layer = nn.BatchNorm2d(3).astype(np.float64)
-    ref = torch.nn.BatchNorm2d(3).double()
-    layer.gamma.value = 1 + 0.3 * rng.standard_normal(3)
-    with torch.no_grad():
-        ref.weight.copy_(t(layer.gamma.value))
-    layer.train(training)
-    ref.train(training)
-    x = rng.standard_normal((4, 5, 5, 3))
-    up = rng.standard_normal(x.shape)
-    tx = t(x, True)
-    ty = nhwc(ref(nchw(tx)))
-    y, dx = run_numpy(layer, x, up)
-    ty.backward(t(up))
-    close(y, ty)
-    close(dx, tx.grad)
-    close(layer.gamma.grad, ref.weight.grad)
-    close(layer.beta.grad, ref.bias.grad)
-    close(layer.running_var, ref.running_var)
+    x = rng.standard_normal((4, 5, 5, 3))  # NHWC, as the NumPy Conv2D lays out its maps
+    assert_batchnorm_matches(nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3), x, training, rng,
+                             through_torch=lambda ref, tx: nhwc(ref(nchw(tx))))
 
 
 @pytest.mark.parametrize(("layer", "ref"), [

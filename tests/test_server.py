@@ -25,19 +25,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import imgclf
+from conftest import free_port, imgclf, stop_process
 
 API_KEY = "s3cret-key"
 MAX_UPLOAD = 1_000_000
 MAX_PIXELS = 1_000_000
 MAX_FILES = 4
 AUTH = {"X-API-Key": API_KEY}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(args: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
@@ -60,15 +54,6 @@ def start_server(args: list[str], log: Path, env: dict[str, str] | None = None) 
     pytest.fail(f"server did not start:\n{log.read_text()}")
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The key comes from IMGCLF_API_KEY (the CLI's fallback for --api-key); small limits to test."""
@@ -77,7 +62,7 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                                str(MAX_UPLOAD), "--max-pixels", str(MAX_PIXELS), "--max-files", str(MAX_FILES),
                                "--max-wait-ms", "10"], log, env={"IMGCLF_API_KEY": API_KEY})
     yield base
-    stop_server(proc)
+    stop_process(proc)
     assert "Traceback" not in log.read_text(), log.read_text()  # no request ever crashed a handler
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import real_images, tiny_checkpoint
-from test_server import start_server, stop_server
+from conftest import real_images, stop_process, tiny_checkpoint
+from test_server import start_server
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
                  if p and Path(p).is_file()), None)
@@ -129,7 +129,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("browser-server") / "serve.log"
     proc, base = start_server(["--checkpoint", str(checkpoint), "--device", "cpu", "--api-key", API_KEY], log)
     yield base
-    stop_server(proc)
+    stop_process(proc)
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from imgclf.config import TrainConfig
 from imgclf.models import ImageClassifier, model_entry
 from imgclf.models.registry import check_pretrained
@@ -28,7 +26,9 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     CPU); the result is what config.yaml records."""
     strategy = resolve_strategy(cfg, check_pretrained(cfg.model, cfg.pretrained))
     if cfg.batch_size is None:
-        on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        from imgclf.training.run import resolve_device  # run imports this module
+
+        on_cpu = resolve_device(cfg.device).type == "cpu"
         cfg = cfg.replace(batch_size=FINETUNE_CPU_BATCH_SIZE if strategy != "scratch" and on_cpu else BATCH_SIZE)
     optimizer = cfg.optimizer or (SCRATCH_OPTIMIZER if strategy == "scratch" else FINETUNE_OPTIMIZER)
     lr = cfg.lr
