@@ -24,9 +24,8 @@ from _common import extracted_folder, median, require_archive
 from imgclf.config import TrainConfig
 from imgclf.data import load_splits
 from imgclf.data.loaders import BatchAugment, TensorLoader
-from imgclf.evaluation.metrics import autocast
 from imgclf.models import build_model
-from imgclf.training.run import cpu_has_bf16
+from imgclf.runtime import autocast, cpu_has_bf16
 
 
 def timed_steps(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], model: nn.Module, steps: int, warmup: int,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from imgclf.errors import UserError
-from imgclf.evaluation.metrics import autocast
+from imgclf.runtime import autocast
 
 
 @dataclass
@@ -197,9 +197,10 @@ def run_lr_find(cfg: Any, out: str | Path = "lr_find", start_lr: float = 1e-6, e
     from imgclf.data.loaders import BatchAugment, make_loader
     from imgclf.models import build_model
     from imgclf.reporting import figures as figs
+    from imgclf.runtime import resolve_amp, resolve_device, seed_everything
     from imgclf.training.optim import build_optimizer, decay_split, resolved_lr, resolved_weight_decay
     from imgclf.training.plan import plan_finetune
-    from imgclf.training.run import input_size_for, load_data, resolve_amp, resolve_device, seed_everything
+    from imgclf.training.run import input_size_for, load_data
 
     cfg = _resolved(cfg)
     device = resolve_device(cfg.device)

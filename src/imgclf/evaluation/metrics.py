@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -11,10 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def autocast(device: torch.device, amp_dtype: torch.dtype | None):  # noqa: ANN201 - a context manager
-    """Mixed precision where asked for (bf16 or fp16), a no-op otherwise."""
-    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+from imgclf.runtime import autocast
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

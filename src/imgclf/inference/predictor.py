@@ -12,8 +12,8 @@ import torch
 from imgclf.data.decode import decode_image
 from imgclf.data.loaders import to_model_input
 from imgclf.errors import UserError
+from imgclf.runtime import resolve_device
 from imgclf.training.checkpoint import load_checkpoint, model_from_checkpoint
-from imgclf.training.run import resolve_device
 
 Backend = Callable[[torch.Tensor], np.ndarray]  # float (N, 3, S, S) in [0, 1] -> logits (N, C)
 

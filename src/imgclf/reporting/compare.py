@@ -176,7 +176,7 @@ def _clean_train_accuracy(model: Any, train_set: Any, cfg: TrainConfig, input_si
     """Accuracy on the training images as the model sees test images: no augmentation, eval mode."""
     from imgclf.data.loaders import eval_batch_size, make_loader
     from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits
-    from imgclf.training.run import resolve_amp
+    from imgclf.runtime import resolve_amp
 
     device = next(model.parameters()).device
     loader = make_loader(train_set, eval_batch_size(input_size, device), device, train=False, input_size=input_size,

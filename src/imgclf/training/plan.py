@@ -8,6 +8,7 @@ from typing import Any
 from imgclf.config import TrainConfig
 from imgclf.models import ImageClassifier, model_entry
 from imgclf.models.registry import check_pretrained
+from imgclf.runtime import resolve_device
 from imgclf.training.callbacks import Callback
 from imgclf.training.finetune import finetune_callback, param_groups, resolve_strategy
 from imgclf.training.optim import resolved_lr, resolved_weight_decay
@@ -26,8 +27,6 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     CPU); the result is what config.yaml records."""
     strategy = resolve_strategy(cfg, check_pretrained(cfg.model, cfg.pretrained))
     if cfg.batch_size is None:
-        from imgclf.training.run import resolve_device  # run imports this module
-
         on_cpu = resolve_device(cfg.device).type == "cpu"
         cfg = cfg.replace(batch_size=FINETUNE_CPU_BATCH_SIZE if strategy != "scratch" and on_cpu else BATCH_SIZE)
     optimizer = cfg.optimizer or (SCRATCH_OPTIMIZER if strategy == "scratch" else FINETUNE_OPTIMIZER)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import resource
 import sys
 import time
@@ -21,6 +20,7 @@ from imgclf.data.loaders import BatchAugment, eval_batch_size, make_loader
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits, summarize
 from imgclf.models import build_model, model_entry
+from imgclf.runtime import resolve_amp, resolve_device, seed_everything
 from imgclf.training import callbacks as cb
 from imgclf.training import distributed
 from imgclf.training.checkpoint import checkpoint_config, load_checkpoint
@@ -39,40 +39,6 @@ class TrainResult:
     metrics: dict[str, Any]
     model: torch.nn.Module
     history: list[dict[str, Any]]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA GPU is available")
-    return torch.device(name)
-
-
-def resolve_amp(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16/fp16 autocast on CUDA by default; on CPUs with native bf16, bf16 for the from-scratch nets
-    (about 2x faster there) but not for pretrained EfficientNet (its depthwise convs run 10-30 % slower)."""
-    enabled = cfg.amp
-    if enabled is None:
-        enabled = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16() and not cfg.pretrained)
-    if not enabled:
-        return None
-    if device.type == "cpu":
-        return torch.bfloat16  # fp16 autocast on CPU is slow and needs no scaler; bf16 is the CPU path
-    return torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def input_size_for(cfg: TrainConfig, splits: Splits) -> int:

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from imgclf.config import TrainConfig
-from imgclf.evaluation.metrics import autocast, loss_and_accuracy, predict_logits
+from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits
+from imgclf.runtime import autocast
 from imgclf.training.callbacks import Callback
 from imgclf.training.checkpoint import FORMAT, rng_state, save_atomic, set_rng_state
 from imgclf.training.schedules import lr_multiplier
