@@ -81,10 +81,9 @@ def test_regularization_preset_reports_the_gap(tmp_path: Path) -> None:
 def test_transfer_preset_plans_scratch_against_finetune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     preset = load_preset("transfer")
     assert set(preset["variants"]) == {"scratch", "finetune"}
-    assert preset["variants"]["finetune"] == {"model": "efficientnet_lite0", "pretrained": True, "width": 1.0,
-                                              "if_unset": {"image_size": 128}}
-    # The preset's fine-tuning resolution yields to the user's own --image-size; scratch keeps the data's size.
-    for given, expected in ((None, [None, 128]), (96, [96, 96])):
+    assert preset["variants"]["finetune"] == {"model": "efficientnet_lite0", "pretrained": True, "width": 1.0}
+    # Fine-tuning runs at the weights' own size (decided at resolution) unless the user gives --image-size.
+    for given, expected in ((None, [None, None]), (96, [96, 96])):
         sized = plan_runs(_base(tmp_path, image_size=given), preset["variants"], tmp_path / "o", None, None)
         assert [p.cfg.image_size for p in sized] == expected
     # The pretrained model may not be registered yet: plan with a stand-in so this checks only the plan.

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from imgclf.config import TrainConfig
+from imgclf.config import TrainConfig, resolve_strategy
 from imgclf.errors import UserError
-from imgclf.models import build_model, model_entry
+from imgclf.models import build_model
 from imgclf.models import pretrained as _lite  # noqa: F401  (registers efficientnet_lite0)
 from imgclf.models.base import ImageClassifier
 from imgclf.training import finetune as ft
@@ -218,9 +218,9 @@ def test_unwrap_sees_through_wrappers() -> None:
 
 
 @pytest.mark.parametrize(("strategy", "pretrained", "weights", "expected"), [
-    ("auto", True, None, "gradual"),
+    ("auto", True, None, "staged"),
     ("auto", False, None, "scratch"),
-    ("auto", False, "mine.pt", "gradual"),
+    ("auto", False, "mine.pt", "staged"),
     ("full", False, None, "scratch"),
     ("full", True, None, "full"),
     ("linear_probe", True, None, "linear_probe"),
@@ -228,22 +228,26 @@ def test_unwrap_sees_through_wrappers() -> None:
 ])
 def test_resolve_strategy(strategy: str, pretrained: bool, weights: str | None, expected: str) -> None:
     cfg = TrainConfig(model="efficientnet_lite0", strategy=strategy, pretrained=pretrained, weights=weights)
-    assert ft.resolve_strategy(cfg, model_entry("efficientnet_lite0")) == expected
+    assert resolve_strategy(cfg) == expected
 
 
-@pytest.mark.parametrize("strategy", ["linear_probe", "gradual"])
+@pytest.mark.parametrize("strategy", ["linear_probe", "gradual", "staged"])
 def test_freezing_a_random_backbone_is_refused(strategy: str) -> None:
     cfg = TrainConfig(model="efficientnet_lite0", strategy=strategy)
     with pytest.raises(UserError, match="--pretrained"):
-        ft.resolve_strategy(cfg, model_entry("efficientnet_lite0"))
+        resolve_strategy(cfg)
 
 
 def test_resolved_defaults_fine_tune_on_a_cpu_in_small_batches() -> None:
-    from imgclf.training.plan import BATCH_SIZE, FINETUNE_CPU_BATCH_SIZE, resolve_defaults
+    from imgclf.config import BATCH_SIZE, FINETUNE_CPU_BATCH_SIZE, resolve
+    from imgclf.data import load_splits
 
-    finetune = resolve_defaults(TrainConfig(model="efficientnet_lite0", pretrained=True, device="cpu"))
+    splits = load_splits("digits")  # 1,293 training images: the batch cap (1/8 of them) is 128
+    cpu = torch.device("cpu")
+    finetune = resolve(TrainConfig(model="efficientnet_lite0", pretrained=True, device="cpu"), splits, cpu)
     assert (finetune.batch_size, finetune.optimizer, finetune.lr) == (FINETUNE_CPU_BATCH_SIZE, "adamw", 1e-3)
-    scratch = resolve_defaults(TrainConfig(model="fastcnn", device="cpu"))
-    assert (scratch.batch_size, scratch.optimizer) == (BATCH_SIZE, "sgd")
-    mine = resolve_defaults(TrainConfig(model="efficientnet_lite0", pretrained=True, device="cpu", batch_size=96))
+    assert (finetune.strategy, finetune.image_size, finetune.unfreeze_groups) == ("staged", 224, 2)
+    scratch = resolve(TrainConfig(model="fastcnn", device="cpu"), splits, cpu)
+    assert (scratch.batch_size, scratch.optimizer, scratch.image_size) == (min(BATCH_SIZE, 128), "sgd", 8)
+    mine = resolve(TrainConfig(model="efficientnet_lite0", pretrained=True, device="cpu", batch_size=96), splits, cpu)
     assert mine.batch_size == 96  # what the user asked for stays

@@ -1,4 +1,6 @@
-"""EfficientNet-Lite0: strict load of the packaged ImageNet weights, a known photo, --weights files."""
+"""EfficientNet-Lite0: strict load of the packaged ImageNet weights, a known photo, --weights files.
+
+Registration and layer groups of all three Lite variants are in test_backbones.py."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.errors import UserError
-from imgclf.models import build_model, model_entry
+from imgclf.models import build_model
 from imgclf.models import pretrained as lite
 from imgclf.models.base import ImageClassifier
 from imgclf.models.registry import _REGISTRY, register
@@ -34,11 +36,6 @@ def imagenet_model() -> ImageClassifier:
 def _photo(image: np.ndarray, size: int = 224) -> torch.Tensor:
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-
-
-def test_registered_with_pretrained_weights() -> None:
-    entry = model_entry("efficientnet_lite0")
-    assert entry.has_pretrained and entry.default_image_size == 224
 
 
 def test_every_tensor_of_the_file_loads_strictly(package_state: dict[str, torch.Tensor]) -> None:
@@ -78,16 +75,6 @@ def test_any_input_resolution(size: int) -> None:
         x = torch.rand(2, 3, size, size)
         assert model(x).shape == (2, 7)
         assert model.features(x).shape == (2, lite.NUM_FEATURES)
-
-
-def test_layer_groups_partition_the_backbone() -> None:
-    model = build_model("efficientnet_lite0", 3)
-    groups = model.layer_groups()
-    assert len(groups) == 5
-    ids = [id(p) for g in groups for p in g]
-    assert len(ids) == len(set(ids))
-    assert set(ids) == {id(p) for p in model.features.parameters()}
-    assert groups[0][0] is model.features.conv_stem.weight  # input side first
 
 
 def test_weights_file_loads_into_the_backbone(tmp_path) -> None:
@@ -133,7 +120,7 @@ def test_a_different_package_file_is_refused(tmp_path, monkeypatch, package_stat
     swapped = {k: package_state[k] for k in keys}
     for name, state in {"short.pth": dict(items[:-3]), "swapped.pth": swapped}.items():
         torch.save(state, tmp_path / name)
-        monkeypatch.setattr(lite, "package_weights_path", lambda p=tmp_path / name: p)
+        monkeypatch.setattr(lite, "package_weights_path", lambda variant, p=tmp_path / name: p)
         with pytest.raises(UserError, match="not an EfficientNet-Lite0"):
             build_model("efficientnet_lite0", 3, pretrained=True)
 

@@ -16,8 +16,7 @@ import torch
 
 from conftest import make_folder, require_cifar
 from imgclf.config import TrainConfig
-from imgclf.data import load_splits
-from imgclf.data.loaders import BatchAugment, StreamingLoader, TensorLoader
+from imgclf.data.loaders import BatchAugment
 from imgclf.errors import TrainingDiverged
 from imgclf.evaluation.evaluate import evaluate_checkpoint
 from imgclf.evaluation.metrics import tta_logits
@@ -36,18 +35,6 @@ def test_augment_is_seeded_and_shape_preserving() -> None:
     flipped = BatchAugment(crop_pad=0, flip=True, cutout=0)(x, torch.Generator().manual_seed(0))
     for img, out in zip(x, flipped, strict=True):  # every image is itself or its mirror
         assert torch.equal(out, img) or torch.equal(out, img.flip(2))
-
-
-def test_tensor_and_streaming_loaders_yield_the_same_batches(tmp_path: Path) -> None:
-    root = make_folder(tmp_path / "f", classes=3, per_class=10)
-    memory = load_splits(str(root), image_size=16)
-    files = load_splits(str(root), image_size=16, stream=True)
-    kwargs: dict[str, Any] = dict(shuffle=True, seed=5, augment=BatchAugment(crop_pad=2))
-    a = list(TensorLoader(memory.train, 8, **kwargs))
-    b = list(StreamingLoader(files.train, 8, num_workers=0, **kwargs))
-    assert len(a) == len(b) == 4
-    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
-        assert torch.equal(ya, yb) and torch.allclose(xa, xb)
 
 
 def test_schedules_shape() -> None:

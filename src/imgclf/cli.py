@@ -182,10 +182,13 @@ def _cmd_scratch_nn(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from imgclf.models import list_models
+    from imgclf.models import list_models, model_entry
 
     for name, summary in list_models().items():
-        print(f"{name:24s} {summary}")
+        status = model_entry(name).weights_status
+        print(f"{name:24s} {summary}" + (f"; ImageNet weights: {status()}" if status else ""))
+    print(f"{'timm:NAME':24s} any timm architecture (timm.list_models()) with your own weights: "
+          "--model timm:NAME --weights FILE (.pth, .pt or .safetensors)")
     return 0
 
 

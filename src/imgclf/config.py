@@ -6,11 +6,17 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
 
 from imgclf.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from imgclf.data import Splits
 
 
 @dataclass
@@ -22,8 +28,12 @@ class TrainConfig:
     model: str = "fastcnn"
     pretrained: bool = False
     weights: str | None = None  # a user's own state dict for the backbone
-    strategy: str = "auto"  # fine-tuning: auto | full | linear_probe | gradual
+    strategy: str = "auto"  # fine-tuning: auto (staged when pretrained) | staged | full | linear_probe | gradual
     freeze_epochs: int = 1  # gradual: epochs with only the head trained
+    unfreeze_groups: int | None = None  # staged: top layer groups fine-tuned after the head; None: as many as the
+                                        # time budget pays for (2 without a budget)
+    feature_views: int = 4  # staged: views of each training image whose features train the head (1 unaugmented)
+    head_epochs: int = 30  # staged: epochs of the head over the cached features
     epochs: int | None = None  # None: 10, or as many as fit when time_budget is set
     batch_size: int | None = None  # None: 256, or 32 to fine-tune pretrained weights on a CPU
     lr: float | None = None  # None: the recipe's default for the optimizer and strategy
@@ -38,13 +48,19 @@ class TrainConfig:
     crop_pad: int = 4  # random-translate padding in pixels; 0 turns it off
     flip: bool = True
     cutout: int = 0  # side of the cutout square in pixels; 0 turns it off
-    image_size: int | None = None  # model input size; None: the data's own size (or 64 for mixed sizes)
+    image_size: int | None = None  # model input size; None: the weights' own when pretrained, else the data's own
+                                   # (64 for photos)
+    crop_fraction: float | None = None  # evaluation crop of the short side; None: 0.875 for photos, 1.0 for small
+                                        # squares (the whole image)
+    resize: str = "crop"  # photos at evaluation and inference: crop (short side, centre 0.875) | pad | squash
+    augment_policy: str = "trivial"  # photos in training: trivial (TrivialAugmentWide) | rand (RandAugment) | none
+    min_crop_scale: float = 0.08  # photos in training: the random-resized crop keeps this share of the photo or more
     val_fraction: float = 0.1
     subset: int | None = None  # keep at most N training images (seeded, per class)
     train_fraction: float = 1.0
     seed: int = 0
     device: str = "auto"
-    amp: bool | None = None  # None: on for CUDA, and on CPUs with native bf16 (about 2x faster there)
+    amp: bool | None = None  # None: on for CUDA, and on CPUs with native bf16 for from-scratch nets
     amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 uses a GradScaler)
     channels_last: bool = True
     compile: bool = False
@@ -110,7 +126,9 @@ def recipe_values(name: str) -> dict[str, Any]:
 _CHOICES = {
     "optimizer": {None, "sgd", "adamw"},
     "schedule": {"onecycle", "cosine", "step", "linear", "constant"},
-    "strategy": {"auto", "full", "linear_probe", "gradual"},
+    "strategy": {"auto", "scratch", "staged", "full", "linear_probe", "gradual"},
+    "resize": {"crop", "pad", "squash"},
+    "augment_policy": {"trivial", "rand", "none"},
     "amp_dtype": {"bf16", "fp16"},
     "device": {"auto", "cpu", "cuda"},
     "loader": {"auto", "memory", "stream"},
@@ -138,3 +156,87 @@ def _check(cfg: TrainConfig, source: str) -> None:
         raise UserError(f"{source}: val_fraction must be between 0 and 1")
     if not 0.0 < cfg.train_fraction <= 1.0:
         raise UserError(f"{source}: train_fraction must be in (0, 1]")
+    if not 0.0 < cfg.min_crop_scale <= 1.0:
+        raise UserError(f"{source}: min_crop_scale must be in (0, 1]")
+    if cfg.feature_views < 1 or cfg.head_epochs < 1 or (cfg.unfreeze_groups is not None and cfg.unfreeze_groups < 0):
+        raise UserError(f"{source}: feature_views and head_epochs must be at least 1, unfreeze_groups at least 0")
+
+
+# -- the one resolution step: config + data + machine -> the config that ran ------------------------------------
+# Every default that depends on the data or the machine is decided here and nowhere else; the result is what
+# RUN_DIR/config.yaml records, so a rerun from it (or a resume) needs no second guess.
+
+DEFAULT_EPOCHS = 10
+BATCH_SIZE = 256
+FINETUNE_CPU_BATCH_SIZE = 32  # EfficientNet-Lite0 at 128 px on 2 cores trains at 75 img/s in 1.7 GB at batch 32,
+                              # 35 in 7.5 GB at 256 (big activations cost page faults)
+SCRATCH_OPTIMIZER, FINETUNE_OPTIMIZER = "sgd", "adamw"
+DEFAULT_LR = {"sgd": 0.1, "adamw": 2e-3}
+FINETUNE_LR = 1e-3  # AdamW, the head's; the backbone's groups get less (see training/finetune.py)
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
+STAGED_UNFREEZE_GROUPS = 2  # staged fine-tuning without a time budget: the two layer groups nearest the head
+PHOTO_CROP_FRACTION = 0.875
+
+
+def resolve_strategy(cfg: TrainConfig) -> str:
+    """`auto` -> staged for a pretrained start (--pretrained or --weights), scratch otherwise.
+
+    Freezing a randomly initialised backbone trains a head on random features, almost surely a mistake,
+    so staged, linear_probe and gradual without pretrained weights are refused; `full` without them is scratch.
+    """
+    from imgclf.models.registry import check_pretrained
+
+    pretrained = bool(cfg.pretrained and check_pretrained(cfg.model, cfg.pretrained).has_pretrained) \
+        or cfg.weights is not None
+    if cfg.strategy in ("auto", "scratch"):
+        return "staged" if pretrained and cfg.strategy == "auto" else "scratch"
+    if not pretrained:
+        if cfg.strategy == "full":
+            return "scratch"
+        raise UserError(f"strategy {cfg.strategy} freezes the backbone, so it needs pretrained weights: "
+                        "pass --pretrained (models with weights) or --weights FILE")
+    return cfg.strategy
+
+
+def data_input_size(cfg: TrainConfig) -> int | None:
+    """The input size asked for before the data is read: --image-size, else the pretrained weights' own
+    (photos are decoded for it), else None (the data's own, or the photo default)."""
+    if cfg.image_size:
+        return cfg.image_size
+    if cfg.pretrained or cfg.weights:
+        from imgclf.models import model_entry
+
+        return model_entry(cfg.model).default_image_size
+    return None
+
+
+def resolve(cfg: TrainConfig, splits: Splits, device: torch.device) -> TrainConfig:
+    """Fill every open choice from the data and the machine: strategy; optimizer, LR and weight decay that
+    suit it (AdamW at 1e-3 to fine-tune pretrained weights, Nesterov SGD from scratch); batch size (small to
+    fine-tune on a CPU, never over 1/8 of the training set); input size; precision; epochs; evaluation crop."""
+    from imgclf.data.imageset import ImageSet
+    from imgclf.runtime import cpu_has_bf16
+
+    strategy = resolve_strategy(cfg)
+    scratch = strategy == "scratch"
+    on_cpu = device.type == "cpu"
+    optimizer = cfg.optimizer or (SCRATCH_OPTIMIZER if scratch else FINETUNE_OPTIMIZER)
+    lr = cfg.lr
+    if lr is None:
+        lr = FINETUNE_LR if not scratch and optimizer == FINETUNE_OPTIMIZER else DEFAULT_LR[optimizer]
+    batch_size = cfg.batch_size or (FINETUNE_CPU_BATCH_SIZE if not scratch and on_cpu else BATCH_SIZE)
+    cap = max(8, 2 ** int(np.log2(max(len(splits.train) / 8, 1))))
+    if cfg.batch_size is None and batch_size > cap:
+        batch_size = cap  # a folder of a few hundred photos still gets several optimizer steps an epoch
+    amp = cfg.amp
+    if amp is None:
+        amp = device.type == "cuda" or (on_cpu and cpu_has_bf16() and scratch)
+    photos = not isinstance(splits.train, ImageSet)  # small squares (CIFAR) are ImageSets, see data/photos.py
+    return cfg.replace(
+        strategy=strategy, optimizer=optimizer, lr=lr,
+        weight_decay=cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WEIGHT_DECAY[optimizer],
+        batch_size=batch_size, image_size=data_input_size(cfg) or splits.train.image_size, amp=amp,
+        epochs=cfg.epochs or (None if cfg.time_budget else DEFAULT_EPOCHS),
+        crop_fraction=cfg.crop_fraction or (PHOTO_CROP_FRACTION if photos else 1.0),
+        unfreeze_groups=cfg.unfreeze_groups if cfg.unfreeze_groups is not None or cfg.time_budget
+        or strategy != "staged" else STAGED_UNFREEZE_GROUPS)

@@ -1,4 +1,4 @@
-"""Image decoding shared by training data, streaming loader and inference: RGB uint8, square, sized."""
+"""Image decoding shared by the data layer, the loaders and inference: RGB uint8, aspect kept, shrunk."""
 
 from __future__ import annotations
 
@@ -19,33 +19,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def fit_to_size(image: Image.Image, size: int | None) -> Image.Image:
-    """Resize the short side to `size` and center-crop a square; small squares are left for the loader.
-
-    A square image no larger than `size` is kept as is: the loader upsamples whole batches on the
-    device, so 32x32 CIFAR cached once serves every input size.
-    """
+def shrink_to_short_side(image: Image.Image, side: int | None) -> Image.Image:
+    """Resize (down only) so the short side is `side`, keeping the aspect ratio; small squares (CIFAR's
+    32x32) and photos already smaller are kept as they are, and the loaders bring them to the input size."""
     w, h = image.size
-    if size is None or (w == h and w <= size):
+    if side is None or min(w, h) <= side:
         return image
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    scale = side / min(w, h)
+    size = (max(side, round(w * scale)), max(side, round(h * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
-def decode_image(source: bytes | str | Path, size: int | None = None) -> np.ndarray:
-    """Decode one image file or byte string to uint8 (H, W, 3); raises on anything not an image."""
+def decode_image(source: bytes | str | Path, short_side: int | None = None) -> np.ndarray:
+    """Decode one image file or byte string to uint8 (H, W, 3) with its aspect ratio, the short side at
+    most `short_side`; raises on anything not an image."""
     stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     with stream, Image.open(stream) as image:
-        if size:
-            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when that is still large enough
-        return np.array(fit_to_size(to_rgb(image), size), dtype=np.uint8)  # a writable copy
-
-
-def resize_square(array: np.ndarray, size: int) -> np.ndarray:
-    """Resize a square uint8 image to size x size (used to unify a folder's stragglers)."""
-    if array.shape[0] == size and array.shape[1] == size:
-        return array
-    return np.asarray(Image.fromarray(array).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+        if short_side:
+            w, h = image.size
+            scale = short_side / max(1, min(w, h))
+            image.draft("RGB", (round(w * scale), round(h * scale)))  # JPEG: decode at a reduced scale
+        return np.array(shrink_to_short_side(to_rgb(image), short_side), dtype=np.uint8)  # a writable copy

@@ -1,8 +1,9 @@
 """Loaders that feed the Trainer float [0, 1] NCHW batches on the training device.
 
-Both loaders hand uint8 batches to the same BatchAugment, which works on whole batches on the device
-(one kernel per augmentation instead of one PIL call per image): the in-memory TensorLoader keeps the
-whole uint8 set on the device; the StreamingLoader decodes files with DataLoader workers.
+Small square images (CIFAR-sized) live on the device as one uint8 tensor (TensorLoader) and are augmented
+on whole batches (one kernel per augmentation instead of one PIL call per image). Photos of any shape,
+in memory or streamed from disk, go through PhotoLoader: a random-resized crop and an automatic policy per
+image (imgclf.data.photos).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
-from imgclf.data.decode import decode_image, resize_square
 from imgclf.data.imageset import FileSet, ImageSet
+from imgclf.data.photos import PhotoDataset, PhotoSet, Preprocess, iterate_photos, seeded_batches
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -141,43 +142,27 @@ class TensorLoader(_EpochSeeded):
             yield x, y
 
 
-class FileDataset(Dataset):
-    """A custom Dataset over image files: decodes one file per item to uint8 (H, W, 3)."""
+class PhotoLoader(_EpochSeeded):
+    """Photos of any shape (in memory or on disk), each cropped and augmented on its own (see
+    imgclf.data.photos); batches arrive as float NCHW at the input size, like TensorLoader's."""
 
-    def __init__(self, files: FileSet) -> None:
-        self.files = files
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        array = resize_square(decode_image(self.files.paths[i], self.files.image_size), self.files.image_size)
-        return torch.from_numpy(array.copy()), int(self.files.labels[i])
-
-
-class StreamingLoader(_EpochSeeded):
-    """Files decoded by DataLoader workers, for data too large to hold; augmentation as in TensorLoader."""
-
-    def __init__(self, data: FileSet, batch_size: int, device: torch.device | str = "cpu", *,
-                 shuffle: bool = False, augment: BatchAugment | None = None, seed: int = 0,
-                 input_size: int | None = None, channels_last: bool = True, drop_last: bool = False,
-                 num_workers: int = 2) -> None:
-        super().__init__(batch_size, shuffle, augment, seed, input_size, channels_last, drop_last)
-        self.dataset, self.device, self.num_workers = FileDataset(data), torch.device(device), num_workers
+    def __init__(self, data: PhotoSet | FileSet, batch_size: int, device: torch.device | str = "cpu", *,
+                 preprocess: Preprocess, augment: v2.Compose | None = None, shuffle: bool = False, seed: int = 0,
+                 channels_last: bool = True, drop_last: bool = False, num_workers: int = 0) -> None:
+        super().__init__(batch_size, shuffle, None, seed, preprocess.input_size, channels_last, drop_last)
+        self.dataset = PhotoDataset(data, preprocess, augment)
+        self.device, self.num_workers = torch.device(device), num_workers
+        self.augmenting = augment is not None
 
     def __len__(self) -> int:
         return self._num_batches(len(self.dataset))
 
     def __iter__(self) -> Iterator[Batch]:
-        gen = self._generator()
-        order = self._order(len(self.dataset), gen).tolist()
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)][:len(self)]
+        order = self._order(len(self.dataset), self._generator()).tolist()
+        batches = seeded_batches(order, self.batch_size, len(self), self.seed if self.augmenting else None,
+                                 self.epoch)
         mine = [b[self._slice(len(b))] for b in batches]  # under DDP: this rank's slice, decoded here only
-        loader = DataLoader(self.dataset, batch_sampler=mine, num_workers=self.num_workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False)
-        for images, labels in loader:
-            images = images.to(self.device, non_blocking=True)
-            yield self._finish(images, gen), labels.to(self.device, non_blocking=True)
+        yield from iterate_photos(self.dataset, mine, self.device, self.channels_last, self.num_workers)
 
 
 def eval_batch_size(input_size: int | None, device: torch.device | str) -> int:
@@ -189,12 +174,20 @@ def eval_batch_size(input_size: int | None, device: torch.device | str) -> int:
     return max(8, min(256, 256 * 32 * 32 // (input_size * input_size)))
 
 
-def make_loader(data: ImageSet | FileSet, batch_size: int, device: torch.device | str, *, train: bool,
+def make_loader(data: ImageSet | PhotoSet | FileSet, batch_size: int, device: torch.device | str, *, train: bool,
                 augment: BatchAugment | None = None, seed: int = 0, input_size: int | None = None,
-                channels_last: bool = True, num_workers: int = 2) -> TensorLoader | StreamingLoader:
-    """The right loader for the data's form; training loaders shuffle, augment and drop a ragged last batch."""
-    common = dict(shuffle=train, augment=augment if train else None, seed=seed, input_size=input_size,
-                  channels_last=channels_last, drop_last=train and len(data) > batch_size)
-    if isinstance(data, FileSet):
-        return StreamingLoader(data, batch_size, device, num_workers=num_workers, **common)
-    return TensorLoader(data, batch_size, device, **common)
+                channels_last: bool = True, num_workers: int = 2, preprocess: Preprocess | None = None,
+                photo_augment: v2.Compose | None = None) -> TensorLoader | PhotoLoader:
+    """The right loader for the data's form; training loaders shuffle, augment and drop a ragged last batch.
+
+    Small squares (ImageSet) take `augment` on whole batches; photos take `photo_augment` per image and
+    `preprocess` for evaluation (default: the centre crop at `input_size`).
+    """
+    drop_last = train and len(data) > batch_size
+    if isinstance(data, ImageSet):
+        return TensorLoader(data, batch_size, device, shuffle=train, augment=augment if train else None, seed=seed,
+                            input_size=input_size, channels_last=channels_last, drop_last=drop_last)
+    preprocess = preprocess or Preprocess(input_size or data.image_size)
+    return PhotoLoader(data, batch_size, device, preprocess=preprocess, augment=photo_augment if train else None,
+                       shuffle=train, seed=seed, channels_last=channels_last, drop_last=drop_last,
+                       num_workers=num_workers if isinstance(data, FileSet) else 0)

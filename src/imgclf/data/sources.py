@@ -15,11 +15,12 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from imgclf.data.decode import decode_image, resize_square
+from imgclf.data.decode import decode_image
 from imgclf.data.imageset import FileSet, ImageSet, Splits, check_usable, stratified_split, stratified_subset
+from imgclf.data.photos import PhotoSet, is_small_square_set, working_side
 from imgclf.errors import UserError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: photos keep their aspect ratio
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
@@ -122,11 +123,12 @@ class _Tree:
 
     def layout(self) -> dict[str, list[tuple[str, str]]]:
         """{split or "": [(class, member)]}: train/val/test folders when present, else class folders."""
-        parts = [PurePosixPath(m).parts for m in self.members]
-        tops = {p[0] for p in parts if len(p) > 1}
-        if len(tops) == 1 and not (set(SPLIT_NAMES) & tops) and all(len(p) >= 3 for p in parts):
-            parts = [p[1:] for p in parts]  # one top folder: step inside it
-        members = dict(zip(parts, self.members, strict=True))
+        members = {PurePosixPath(m).parts: m for m in self.members}
+        nested = {p: m for p, m in members.items() if len(p) > 1}
+        tops = {p[0] for p in nested}
+        if len(tops) == 1 and not (set(SPLIT_NAMES) & tops) and any(len(p) >= 3 for p in nested):
+            # one top folder: step inside it; loose files in it (a README, ATTRIBUTION.txt) are no images
+            members = {p[1:]: m for p, m in nested.items() if len(p) >= 3}
         has_splits = any(p[0].lower() in SPLIT_NAMES and len(p) == 3 for p in members)
         groups: dict[str, list[tuple[str, str]]] = {}
         for p, member in members.items():
@@ -190,76 +192,84 @@ def _cached_tree(path: Path, image_size: int | None, val_fraction: float, seed: 
     key = _fingerprint(path, image_size)
     cache = cache_dir() / f"{path.name}-{key}.npz"
     if cache.is_file():
-        stored = np.load(cache, allow_pickle=False)
-        meta = json.loads(str(stored["meta"]))
-        parts = {s: ImageSet(stored[f"{s}_images"], stored[f"{s}_labels"], meta["classes"])
-                 for s in meta["splits"]}
+        parts = _read_cache(cache)
     else:
         parts, skipped = _decode_tree(path, image_size)
-        classes = next(iter(parts.values())).classes
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")  # ranks under torchrun may race here
-        arrays = {f"{s}_{k}": getattr(p, k) for s, p in parts.items() for k in ("images", "labels")}
-        np.savez(tmp, meta=json.dumps({"classes": classes, "splits": list(parts), "skipped": skipped}), **arrays)
-        os.replace(tmp, cache)
+        _write_cache(cache, parts, skipped)
     train = parts.get("train", parts.get(""))
     if "val" in parts:
         return Splits(train, parts["val"], parts.get("test"), source=str(path))
     return _with_val(train, parts.get("test"), val_fraction, seed, str(path))
 
 
-def _decode_tree(path: Path, image_size: int | None) -> tuple[dict[str, ImageSet], int]:
-    """Decode every image in parallel threads (Pillow releases the GIL while decoding)."""
+def _write_cache(cache: Path, parts: dict[str, ImageSet | PhotoSet], skipped: int) -> None:
+    first = next(iter(parts.values()))
+    meta = {"classes": first.classes, "splits": list(parts), "skipped": skipped,
+            "photos": isinstance(first, PhotoSet), "image_size": first.image_size}
+    arrays = {}
+    for split, part in parts.items():
+        fields = part.packed() if isinstance(part, PhotoSet) else {"images": part.images, "labels": part.labels}
+        arrays.update({f"{split}_{k}": v for k, v in fields.items()})
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")  # ranks under torchrun may race here
+    np.savez(tmp, meta=json.dumps(meta), **arrays)
+    os.replace(tmp, cache)
+
+
+def _read_cache(cache: Path) -> dict[str, ImageSet | PhotoSet]:
+    stored = np.load(cache, allow_pickle=False)
+    meta = json.loads(str(stored["meta"]))
+    if meta["photos"]:
+        return {s: PhotoSet.unpack(stored[f"{s}_pixels"], stored[f"{s}_shapes"], stored[f"{s}_labels"],
+                                   meta["classes"], meta["image_size"]) for s in meta["splits"]}
+    return {s: ImageSet(stored[f"{s}_images"], stored[f"{s}_labels"], meta["classes"]) for s in meta["splits"]}
+
+
+def _decode_tree(path: Path, image_size: int | None) -> tuple[dict[str, ImageSet | PhotoSet], int]:
+    """Decode every image in parallel threads (Pillow releases the GIL while decoding); small squares of
+    one size become ImageSets, anything else PhotoSets at the working size of `image_size`."""
     tree = _Tree(path)
     groups = tree.layout()
     _, classes = _train_classes(path, groups)
     index = {c: i for i, c in enumerate(classes)}
-    size = image_size
+    input_size = image_size or DEFAULT_PHOTO_INPUT
+    side = working_side(input_size)
     skipped: list[str] = []
-    parts: dict[str, ImageSet] = {}
+    decoded: dict[str, tuple[list[np.ndarray], list[int]]] = {}
     workers = max(2, os.cpu_count() or 2)
     with ThreadPoolExecutor(workers) as pool:
         for split, items in groups.items():
-            decoded = pool.map(lambda item: _try_decode(tree.read(item[1]), size), items, chunksize=64)
-            images, labels = [], []
-            for (cls, member), array in zip(items, decoded, strict=True):
+            arrays = pool.map(lambda item: _try_decode(tree.read(item[1]), side), items, chunksize=64)
+            images, labels = decoded.setdefault(split, ([], []))
+            for (cls, member), array in zip(items, arrays, strict=True):
                 if array is None:
                     skipped.append(member)
                     continue
                 images.append(array)
                 labels.append(index[cls])
-            parts[split] = ImageSet(_stack(images, size), np.asarray(labels, dtype=np.int64), classes)
     if skipped:
         print(f"imgclf: warning: skipped {len(skipped)} file(s) that are not readable images "
               f"(first: {skipped[0]})", file=sys.stderr)
+    small = is_small_square_set([a.shape for images, _ in decoded.values() for a in images])
+    parts: dict[str, ImageSet | PhotoSet] = {}
+    for split, (images, labels) in decoded.items():
+        y = np.asarray(labels, dtype=np.int64)
+        if small:
+            stacked = np.stack(images) if images else np.zeros((0, 8, 8, 3), np.uint8)
+            parts[split] = ImageSet(stacked, y, classes)
+        else:
+            parts[split] = PhotoSet(images, y, classes, input_size)
     return parts, len(skipped)
 
 
-def _try_decode(source: bytes | Path, size: int | None) -> np.ndarray | None:
+DEFAULT_PHOTO_INPUT = 64  # photos from scratch when no --image-size is given: small nets train fast at 64 px
+
+
+def _try_decode(source: bytes | Path, short_side: int | None) -> np.ndarray | None:
     try:
-        return decode_image(source, size)
+        return decode_image(source, short_side)
     except Exception:  # noqa: BLE001 - a corrupt or non-image file is skipped and counted, whatever the cause
         return None
-
-
-DEFAULT_MIXED_SIZE = 64
-
-
-def _stack(images: list[np.ndarray], size: int | None) -> np.ndarray:
-    """One array for the split; images of differing sizes are brought to one square size."""
-    if not images:
-        return np.zeros((0, size or DEFAULT_MIXED_SIZE, size or DEFAULT_MIXED_SIZE, 3), dtype=np.uint8)
-    shapes = {a.shape for a in images}
-    if len(shapes) == 1 and images[0].shape[0] == images[0].shape[1]:
-        return np.stack(images)
-    target = size or DEFAULT_MIXED_SIZE
-    return np.stack([resize_square(_center_square(a), target) for a in images])
-
-
-def _center_square(a: np.ndarray) -> np.ndarray:
-    h, w = a.shape[:2]
-    s = min(h, w)
-    return a[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
 
 
 MEMORY_SHARE = 0.25  # the auto loader decodes into memory while the uint8 images take at most this share of RAM
@@ -268,7 +278,7 @@ MEMORY_SHARE = 0.25  # the auto loader decodes into memory while the uint8 image
 def _too_big_for_memory(path: Path, image_size: int | None) -> bool:
     """Estimated from the file count and the input side (the default side for mixed sizes), before decoding."""
     count = sum(len(items) for items in _Tree(path).layout().values())
-    side = image_size or DEFAULT_MIXED_SIZE
+    side = working_side(image_size or DEFAULT_PHOTO_INPUT)
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return count * side * side * 3 > MEMORY_SHARE * ram
 
@@ -278,7 +288,7 @@ def _folder_files(path: Path, image_size: int | None, val_fraction: float, seed:
     groups = _Tree(path).layout()
     train_key, classes = _train_classes(path, groups)
     index = {c: i for i, c in enumerate(classes)}
-    size = image_size or DEFAULT_MIXED_SIZE
+    size = image_size or DEFAULT_PHOTO_INPUT
     parts = {s: FileSet([path / m for _, m in items], np.asarray([index[c] for c, _ in items], dtype=np.int64),
                         classes, size) for s, items in groups.items()}
     train = parts[train_key]

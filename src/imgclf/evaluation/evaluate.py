@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.data.loaders import eval_batch_size, make_loader
+from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import predict_logits, summarize
 from imgclf.runtime import resolve_device
@@ -28,9 +29,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
         raise UserError(f"{cfg.data} has no {split} split; use --split val")
     dev = resolve_device(device)
     model = model_from_checkpoint(ckpt).to(dev)
-    size = ckpt["input_size"]
+    preprocess = Preprocess.from_checkpoint(ckpt)
+    size = preprocess.input_size
     loader = make_loader(part, eval_batch_size(size, dev), dev, train=False, input_size=size, channels_last=False,
-                         num_workers=cfg.num_workers)
+                         num_workers=cfg.num_workers, preprocess=preprocess)
     logits, labels = predict_logits(model, loader, tta=tta)  # float32: scores must not move with the CPU
     return {"checkpoint": str(checkpoint), "data": cfg.data, "split": split, "tta": tta,
             **summarize(logits, labels, splits.classes)}

@@ -179,45 +179,30 @@ def suggest(lrs: list[float], smoothed: list[float], start_lr: float | None = No
     return suggested, min_lr, steepest, note
 
 
-def _resolved(cfg: Any) -> Any:
-    """The config with training's own defaults filled in (optimizer and LR per strategy), where defined."""
-    try:
-        from imgclf.training.plan import resolve_defaults
-    except ImportError:  # an older tree without resolved defaults: the config's own values apply
-        return cfg
-    return resolve_defaults(cfg)
-
-
 def run_lr_find(cfg: Any, out: str | Path = "lr_find", start_lr: float = 1e-6, end_lr: float = 10.0,
                 steps: int = 100) -> dict[str, Any]:
     """`imgclf lr-find`: the range test on the configured data and model, with the project's own loaders.
 
     Writes OUT/lr_find.png, OUT/lr_find.csv and OUT/lr_find.json; returns the suggestion and the paths.
     """
-    from imgclf.data.loaders import BatchAugment, make_loader
+    from imgclf.config import resolve
     from imgclf.models import build_model
     from imgclf.reporting import figures as figs
     from imgclf.runtime import resolve_amp, resolve_device, seed_everything
-    from imgclf.training.optim import build_optimizer, decay_split, resolved_lr, resolved_weight_decay
-    from imgclf.training.plan import plan_finetune
-    from imgclf.training.run import input_size_for, load_data
+    from imgclf.training.optim import build_optimizer
+    from imgclf.training.plan import optimizer_groups, plan_finetune
+    from imgclf.training.run import load_data, train_loader_for
 
-    cfg = _resolved(cfg)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     splits = load_data(cfg)
-    input_size = input_size_for(cfg, splits)
+    cfg = resolve(cfg, splits, device)
     model = build_model(cfg.model, len(splits.classes), pretrained=cfg.pretrained, weights=cfg.weights,
                         dropout=cfg.dropout, width=cfg.width).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    plan = plan_finetune(model, cfg)
-    groups = plan.param_groups if plan else decay_split(model.parameters(), resolved_lr(cfg),
-                                                        resolved_weight_decay(cfg))
-    optimizer = build_optimizer(groups, cfg)
-    loader = make_loader(splits.train, cfg.batch_size, device, train=True,
-                         augment=BatchAugment(cfg.crop_pad, cfg.flip, cfg.cutout), seed=cfg.seed,
-                         input_size=input_size, channels_last=cfg.channels_last, num_workers=cfg.num_workers)
+    optimizer = build_optimizer(optimizer_groups(model, cfg, plan_finetune(model, cfg)), cfg)
+    loader = train_loader_for(cfg, splits.train, device)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     result = lr_range_test(model, optimizer, loader, criterion=criterion, start_lr=start_lr, end_lr=end_lr,
                            steps=steps, amp_dtype=resolve_amp(cfg, device))

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
 from imgclf.models import ImageClassifier
 from imgclf.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -29,9 +30,11 @@ ONNX_FORMAT = "imgclf-onnx-v1"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 TOLERANCE = 1e-4  # max abs difference between torch and ONNX Runtime (see `agrees`)
 VERIFY_BATCHES = (1, 3, 8)  # several sizes, so the dynamic batch axis is exercised too
-PREPROCESSING = ("decode; EXIF transpose; RGB (alpha composited on white); resize the short side to input_size "
-                 "(bicubic) and center-crop a square (a square image no larger than input_size is kept and "
-                 "upsampled bilinearly on the tensor); uint8 -> float32 / 255; NCHW")
+PREPROCESSING = ("decode; EXIF transpose; RGB (alpha composited on white); shrink the short side to "
+                 "ceil(input_size / crop_fraction) (bicubic, aspect kept); uint8 -> float32 / 255; then by `resize`: "
+                 "crop = bilinear short side to input_size / crop_fraction and centre-crop input_size, pad = long "
+                 "side to input_size and pad with 0.5, squash = input_size x input_size; NCHW "
+                 "(imgclf.data.photos.Preprocess)")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -98,6 +101,7 @@ def onnx_metadata(ckpt: dict[str, Any], model: ImageClassifier, checkpoint_sha25
                                     "dtype": "float32", "range": [0.0, 1.0]}),
         "normalization": json.dumps({"where": "inside the model: (x - mean) / std", "mean": mean, "std": std}),
         "preprocessing": PREPROCESSING,
+        "preprocess": json.dumps(Preprocess.from_checkpoint(ckpt).to_dict()),
         "output": "logits (batch, num_classes); softmax gives probabilities in the order of `classes`",
         "checkpoint_sha256": checkpoint_sha256,
     }

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
 from imgclf.inference.export import INPUT_NAME, ONNX_FORMAT, sha256_file
 from imgclf.inference.predictor import Predictor
@@ -45,7 +46,9 @@ def load_onnx_predictor(path: str | Path, threads: int | None = None) -> Predict
     try:
         classes = list(json.loads(props["classes"]))
         input_size = int(props["input_size"])
-    except (ValueError, TypeError):
+        preprocess = (Preprocess.from_dict(json.loads(props["preprocess"])) if "preprocess" in props
+                      else Preprocess(input_size, "crop", 1.0))
+    except (ValueError, TypeError, KeyError, UserError):
         raise UserError(f"{path}: malformed imgclf metadata in the ONNX file") from None
     input_name = props.get("input_name", INPUT_NAME)
     if input_name not in {i.name for i in session.get_inputs()}:
@@ -58,4 +61,4 @@ def load_onnx_predictor(path: str | Path, threads: int | None = None) -> Predict
 
     metadata = {"model": props.get("model", "unknown"), "source": str(path), "backend": "onnxruntime",
                 "checkpoint_sha256": props.get("checkpoint_sha256"), "onnx_sha256": sha256_file(path)}
-    return Predictor(run, classes, input_size, metadata)
+    return Predictor(run, classes, preprocess, metadata)

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf.data.decode import decode_image
-from imgclf.data.loaders import to_model_input
+from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
 from imgclf.runtime import resolve_device
 from imgclf.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -19,10 +18,14 @@ Backend = Callable[[torch.Tensor], np.ndarray]  # float (N, 3, S, S) in [0, 1] -
 
 
 class Predictor:
-    """Decodes like the data layer (RGB, fit to size), converts like the loaders, runs a backend, ranks."""
+    """Decodes and views each image exactly as evaluation did (`Preprocess`), runs a backend, ranks."""
 
-    def __init__(self, backend: Backend, classes: list[str], input_size: int, metadata: dict[str, Any]) -> None:
-        self.backend, self.classes, self.input_size, self.metadata = backend, classes, input_size, metadata
+    def __init__(self, backend: Backend, classes: list[str], preprocess: Preprocess, metadata: dict[str, Any]) -> None:
+        self.backend, self.classes, self.preprocessing, self.metadata = backend, classes, preprocess, metadata
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.input_size
 
     @classmethod
     def load(cls, checkpoint: str | None = None, onnx: str | None = None, device: str = "auto") -> Predictor:
@@ -46,19 +49,18 @@ class Predictor:
 
         metadata = {"model": ckpt["config"]["model"], "source": str(checkpoint), "backend": "torch",
                     "checkpoint_sha256": sha256_file(checkpoint)}
-        return cls(run, list(ckpt["classes"]), int(ckpt["input_size"]), metadata)
+        return cls(run, list(ckpt["classes"]), Preprocess.from_checkpoint(ckpt), metadata)
 
     def preprocess(self, sources: Sequence[bytes | str | Path]) -> torch.Tensor:
-        """Decode each image as the data layer does and convert it as the loaders do (small squares are
-        upsampled on the tensor, like a cached 32x32 training set); raises ValueError naming a bad source."""
-        return torch.cat([to_model_input(torch.from_numpy(self._decode(s))[None], self.input_size, False)
-                          for s in sources])
+        """Decode each image as the data layer does and view it as evaluation does; raises ValueError
+        naming a bad source."""
+        return torch.stack([self.preprocessing.view(self._decode(s)) for s in sources])
 
     def _decode(self, source: bytes | str | Path) -> np.ndarray:
         if not isinstance(source, bytes) and not Path(source).is_file():
             raise UserError(f"image not found: {source}")
         try:
-            return decode_image(source, self.input_size)
+            return self.preprocessing.decode(source)
         except MemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - PIL raises many types (SyntaxError, EOFError, struct.error)
@@ -92,3 +94,4 @@ class Predictor:
             except ValueError as exc:
                 raise UserError(str(exc)) from None
         return results
+

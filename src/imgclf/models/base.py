@@ -40,7 +40,11 @@ class ImageClassifier(nn.Module):
         self._groups = list(groups) if groups is not None else [features]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features((x - self.mean) / self.std))
+        return self.head(self.embed(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's feature vector (N, num_features) of [0, 1] images: what the head sees."""
+        return self.features((x - self.mean) / self.std)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Backbone parameter groups, input side first (the head is not among them)."""

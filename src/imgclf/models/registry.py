@@ -1,4 +1,8 @@
-"""Model registry: name -> builder, in the manner of timm's create_model."""
+"""Model registry: name -> builder, in the manner of timm's create_model.
+
+Besides the registered names, `timm:NAME` builds any timm architecture (see `imgclf.models.timm_any`);
+those entries are made on demand, not registered one by one.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from imgclf.errors import UserError
 from imgclf.models.base import ImageClassifier
 
 Builder = Callable[..., ImageClassifier]
+TIMM_PREFIX = "timm:"
 
 
 @dataclass(frozen=True)
@@ -17,25 +22,32 @@ class ModelEntry:
     summary: str
     has_pretrained: bool = False
     default_image_size: int | None = None  # input size the pretrained weights expect, when they have one
+    weights_status: Callable[[], str] | None = None  # 'installed' or why not, for models with has_pretrained
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, summary: str, has_pretrained: bool = False,
-             default_image_size: int | None = None) -> Callable[[Builder], Builder]:
+def register(name: str, summary: str, has_pretrained: bool = False, default_image_size: int | None = None,
+             weights_status: Callable[[], str] | None = None) -> Callable[[Builder], Builder]:
     """Decorator: make `builder(num_classes, *, pretrained, weights, dropout, width)` buildable by name."""
 
     def wrap(builder: Builder) -> Builder:
-        _REGISTRY[name] = ModelEntry(builder, summary, has_pretrained, default_image_size)
+        _REGISTRY[name] = ModelEntry(builder, summary, has_pretrained, default_image_size, weights_status)
         return builder
 
     return wrap
 
 
 def model_entry(name: str) -> ModelEntry:
+    """The registered entry, or for `timm:NAME` one made from timm's own config (unknown NAME: UserError)."""
+    if name.startswith(TIMM_PREFIX):
+        from imgclf.models.timm_any import timm_entry
+
+        return timm_entry(name.removeprefix(TIMM_PREFIX))
     if name not in _REGISTRY:
-        raise UserError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+        raise UserError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}, "
+                        f"or {TIMM_PREFIX}NAME --weights FILE for any timm architecture")
     return _REGISTRY[name]
 
 
@@ -43,6 +55,10 @@ def check_pretrained(name: str, pretrained: bool) -> ModelEntry:
     """The model's entry; asking for ImageNet weights a model does not ship is a user error."""
     entry = model_entry(name)
     if pretrained and not entry.has_pretrained:
+        if name.startswith(TIMM_PREFIX):
+            arch = name.removeprefix(TIMM_PREFIX)
+            raise UserError(f"{name} has no weights here and imgclf downloads none at run time: drop --pretrained "
+                            f"and pass --weights FILE (a state dict of timm's {arch}: .pth, .pt or .safetensors)")
         with_weights = sorted(n for n, e in _REGISTRY.items() if e.has_pretrained)
         raise UserError(f"model {name!r} has no local pretrained weights (models with weights: "
                         f"{', '.join(with_weights)}); pass --weights FILE to load your own")

@@ -172,6 +172,33 @@ def thin(splits: Any, cfg: TrainConfig) -> Any:
     return Splits(train, splits.val, splits.test, splits.source, list(splits.notes))
 
 
+BUDGET_EPOCH_PASSES = 10  # the derived budget pays for about this many forward passes over the training set
+BUDGET_RANGE = (60.0, 240.0)  # seconds per run: long enough to learn, short enough for 2 runs in 10 minutes
+
+
+def derived_budget(plans: list[Plan], shared: dict[tuple[Any, ...], Any]) -> float:
+    """Seconds per run from the data and the machine: BUDGET_EPOCH_PASSES forward passes over the training
+    images of the slowest (largest-input) variant at its measured speed here, within BUDGET_RANGE."""
+    import time
+
+    import torch
+
+    from imgclf.config import data_input_size
+    from imgclf.models import build_model
+
+    slowest = max(plans, key=lambda p: data_input_size(p.cfg) or 0)
+    size = data_input_size(slowest.cfg) or 32
+    num_train = len(thin(shared[_decode_key(slowest.cfg)], slowest.cfg).train)
+    model = build_model(slowest.cfg.model, 2).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(16, 3, size, size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        model(x)
+        tick = time.perf_counter()
+        model(x)
+        rate = len(x) / (time.perf_counter() - tick)
+    return float(min(max(BUDGET_EPOCH_PASSES * num_train / rate, BUDGET_RANGE[0]), BUDGET_RANGE[1]))
+
+
 def _clean_train_accuracy(model: Any, train_set: Any, cfg: TrainConfig, input_size: int) -> float:
     """Accuracy on the training images as the model sees test images: no augmentation, eval mode."""
     from imgclf.data.loaders import eval_batch_size, make_loader
@@ -219,6 +246,12 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
         if key not in shared:
             shared[key] = load_data(plan.cfg.replace(subset=None, train_fraction=1.0))
         thin(shared[key], plan.cfg)  # a fraction too small for the classes fails here, not after hours
+    if budget is None and base_cfg.epochs is None:
+        budget = derived_budget(plans, shared)
+        if not base_cfg.quiet:
+            print(f"compare: {budget:.0f} s of training for each run (derived from the data and this machine; "
+                  "--budget S or --epochs N to choose)", file=sys.stderr)
+        plans = plan_runs(base_cfg, variants, out, fraction_list, budget, spec.get("base_if_unset"))
     first = shared[_decode_key(plans[0].cfg)]
     split = "test" if first.test is not None else "val"
     classes = list(first.classes)

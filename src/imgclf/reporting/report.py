@@ -320,8 +320,9 @@ def split_images(config: dict[str, Any], split: str, labels: np.ndarray,
     beside the predictions.
     """
     from imgclf.config import FIELD_NAMES, from_dict
-    from imgclf.data.decode import decode_image, resize_square
+    from imgclf.data.decode import decode_image
     from imgclf.data.imageset import FileSet
+    from imgclf.data.photos import working_side
     from imgclf.models import model_entry
     from imgclf.training.run import load_data
 
@@ -345,7 +346,7 @@ def split_images(config: dict[str, Any], split: str, labels: np.ndarray,
     if len(part) != len(labels) or not np.array_equal(np.asarray(part.labels), labels):
         return None, f"the {split} split of {cfg.data} no longer matches the saved predictions"
     if isinstance(part, FileSet):
-        return [resize_square(decode_image(part.paths[i], part.image_size), part.image_size) for i in index], None
+        return [decode_image(part.paths[i], working_side(part.image_size)) for i in index], None
     return [part.images[i] for i in index], None
 
 

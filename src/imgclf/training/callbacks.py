@@ -130,11 +130,8 @@ class NaNGuard(Callback):
 
 
 class TimeBudget(Callback):
-    """Stops mid-epoch once the training seconds reach the budget; the run still evaluates and saves."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    """Stops mid-epoch once the training seconds reach the trainer's budget; the run still evaluates and saves."""
 
     def on_batch_end(self, trainer: Trainer, loss: float) -> None:
-        if trainer.train_seconds >= self.seconds:
-            trainer.stop_reason = f"time budget of {self.seconds:g}s reached"
+        if trainer.time_budget and trainer.train_seconds >= trainer.time_budget:
+            trainer.stop_reason = f"time budget of {trainer.config.time_budget:g}s reached"

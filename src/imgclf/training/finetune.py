@@ -1,11 +1,13 @@
 """Fine-tuning strategies: which parameters train, at which learning rate, and when they unfreeze.
 
-Strategies (after `resolve_strategy`):
+Strategies (after `imgclf.config.resolve_strategy`):
 
 - scratch       every parameter at one LR (nothing pretrained, so no reason to treat layers differently)
 - full          every parameter from the start; discriminative LRs (the head at `lr`, earlier layer groups
                 lower by `lr_decay` per group)
 - linear_probe  the backbone frozen for the whole run (BatchNorm statistics included); only the head trains
+- staged        the default: the head on cached backbone features first, then the top layer groups with
+                discriminative LRs while the bottom stays frozen (imgclf.training.staged)
 - gradual       fastai's fine_tune: the head alone for `freeze_epochs` epochs, then everything with
                 discriminative LRs
 
@@ -47,41 +49,18 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from imgclf.errors import UserError
 from imgclf.models.base import ImageClassifier
 from imgclf.training.callbacks import Callback
 
 if TYPE_CHECKING:
     from imgclf.config import TrainConfig
-    from imgclf.models.registry import ModelEntry
 
-STRATEGIES = ("scratch", "full", "linear_probe", "gradual")
+STRATEGIES = ("scratch", "full", "linear_probe", "gradual", "staged")
 DEFAULT_LR_DECAY = 0.5  # per layer group; Lite0's 5 groups span lr/2 .. lr/32 (fastai: about lr/100 .. lr)
 MAX_FROZEN_SHARE = 0.25  # gradual unfreezes by this share of the run at the latest: a time budget shorter than
                         # `freeze_epochs` (one epoch of full CIFAR-10 is minutes on a CPU) must not end as a
                         # linear probe
 _FROZEN = "_imgclf_frozen"  # attribute on a BatchNorm module whose statistics must not move
-
-
-def resolve_strategy(config: TrainConfig, model_entry: ModelEntry) -> str:
-    """`auto` -> gradual for a pretrained start (--pretrained or --weights), scratch otherwise.
-
-    Freezing a randomly initialised backbone trains a head on random features, almost surely a mistake,
-    so linear_probe and gradual without pretrained weights are refused; `full` without them is scratch.
-    """
-    pretrained = bool(config.pretrained and model_entry.has_pretrained) or config.weights is not None
-    strategy = config.strategy
-    if strategy == "auto":
-        return "gradual" if pretrained else "scratch"
-    if strategy not in ("full", "linear_probe", "gradual"):
-        raise UserError(f"unknown fine-tuning strategy {strategy!r}; "
-                        "choose auto, full, linear_probe or gradual")
-    if not pretrained:
-        if strategy == "full":
-            return "scratch"
-        raise UserError(f"strategy {strategy} freezes the backbone, so it needs pretrained weights: "
-                        "pass --pretrained (models with weights) or --weights FILE")
-    return strategy
 
 
 def unwrap(model: nn.Module) -> ImageClassifier:
@@ -134,7 +113,7 @@ def param_groups(model: nn.Module, strategy: str, lr: float, weight_decay: float
                  lr_decay: float = DEFAULT_LR_DECAY) -> list[dict[str, Any]]:
     """Optimizer param groups for `strategy`, input side first and the head last.
 
-    scratch: all at `lr`. full, gradual: head at `lr`, backbone group k (counting from the head, 1-based)
+    scratch: all at `lr`. full, gradual, staged: head at `lr`, backbone group k (counting from the head, 1-based)
     at `lr * lr_decay**k`. linear_probe: the head only. Weight decay is off for 1-d parameters everywhere.
     """
     if strategy not in STRATEGIES:
@@ -302,4 +281,8 @@ def finetune_callback(strategy: str, config: TrainConfig | None = None, train_bn
         return GradualUnfreeze(config.freeze_epochs if config is not None else None, train_bn=train_bn)
     if strategy == "full":
         return GradualUnfreeze(0, train_bn=train_bn)
+    if strategy == "staged":
+        from imgclf.training.staged import StagedUnfreeze
+
+        return StagedUnfreeze(config.unfreeze_groups if config is not None else None)
     return Callback()

@@ -14,21 +14,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf.config import TrainConfig
+from imgclf.config import TrainConfig, data_input_size, resolve
 from imgclf.data import Splits, load_splits
 from imgclf.data.loaders import BatchAugment, eval_batch_size, make_loader
+from imgclf.data.photos import Preprocess, train_transform
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits, summarize
-from imgclf.models import build_model, model_entry
+from imgclf.models import build_model
 from imgclf.runtime import resolve_amp, resolve_device, seed_everything
 from imgclf.training import callbacks as cb
 from imgclf.training import distributed
 from imgclf.training.checkpoint import checkpoint_config, load_checkpoint
-from imgclf.training.optim import build_optimizer, decay_split, resolved_lr, resolved_weight_decay
-from imgclf.training.plan import plan_finetune, resolve_defaults
+from imgclf.training.optim import build_optimizer
+from imgclf.training.plan import optimizer_groups, plan_finetune
+from imgclf.training.staged import stage_head
 from imgclf.training.trainer import Trainer
 
-DEFAULT_EPOCHS = 10
 UNBOUNDED_EPOCHS = 1_000_000  # a time-budgeted run without --epochs stops on time alone
 RESUME_OVERRIDABLE = {"epochs", "time_budget", "quiet", "device", "num_workers"}
 
@@ -41,33 +42,30 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def input_size_for(cfg: TrainConfig, splits: Splits) -> int:
-    """The model input size: --image-size, else the pretrained weights' size, else the data's own."""
-    if cfg.image_size:
-        return cfg.image_size
-    entry = model_entry(cfg.model)
-    if cfg.pretrained and entry.default_image_size:
-        return entry.default_image_size
-    return splits.train.image_size
-
-
-def fit_batch_size(cfg: TrainConfig, num_train: int, announce: bool = False) -> TrainConfig:
-    """Never a batch over 1/8 of the training set (a power of two, at least 8): a folder of a few hundred
-    photos still gets several optimizer steps an epoch."""
-    cap = max(8, 2 ** int(np.log2(max(num_train / 8, 1))))
-    if cfg.batch_size <= cap:
-        return cfg
-    if announce:
-        print(f"imgclf: batch size {cfg.batch_size} -> {cap} for {num_train} training images", file=sys.stderr)
-    return cfg.replace(batch_size=cap)
-
-
 def load_data(cfg: TrainConfig) -> Splits:
-    entry = model_entry(cfg.model)
-    size = cfg.image_size or (entry.default_image_size if cfg.pretrained else None)
-    return load_splits(cfg.data, data_dir=cfg.data_dir, image_size=size, val_fraction=cfg.val_fraction,
+    return load_splits(cfg.data, data_dir=cfg.data_dir, image_size=data_input_size(cfg), val_fraction=cfg.val_fraction,
                        seed=cfg.seed, subset=cfg.subset, train_fraction=cfg.train_fraction,
                        stream={"stream": True, "memory": False}.get(cfg.loader))  # auto: None, decided by size
+
+
+def preprocess_for(cfg: TrainConfig) -> Preprocess:
+    """The evaluation view of a resolved config (also what predict, serve and ONNX use)."""
+    return Preprocess(cfg.image_size, cfg.resize, cfg.crop_fraction)
+
+
+def train_loader_for(cfg: TrainConfig, data: Any, device: torch.device) -> Any:
+    """Shuffled, augmented batches: whole-batch translate/flip/cutout for small squares, per-image
+    random-resized crop, flip and policy for photos."""
+    batch_augment = BatchAugment(cfg.crop_pad, cfg.flip, cfg.cutout)
+    return make_loader(data, cfg.batch_size, device, train=True, augment=batch_augment, seed=cfg.seed,
+                       input_size=cfg.image_size, channels_last=cfg.channels_last,
+                       num_workers=cfg.num_workers, preprocess=preprocess_for(cfg),
+                       photo_augment=train_transform(cfg.image_size, cfg.augment_policy, cfg.min_crop_scale, cfg.flip))
+
+
+def eval_loader_for(cfg: TrainConfig, data: Any, device: torch.device) -> Any:
+    return make_loader(data, eval_batch_size(cfg.image_size, device), device, train=False, input_size=cfg.image_size,
+                       channels_last=cfg.channels_last, num_workers=cfg.num_workers, preprocess=preprocess_for(cfg))
 
 
 def new_run_dir(out: str | None, cfg: TrainConfig) -> Path:
@@ -96,7 +94,6 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
         run_dir = Path(resume).resolve().parent.parent
     else:
         run_dir = new_run_dir(cfg.out, cfg)
-    cfg = resolve_defaults(cfg)
     dist = distributed.setup(cfg)
     device = dist.device if dist.active else resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -104,46 +101,46 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     classes = splits.classes
     if ckpt is not None and ckpt["classes"] != classes:
         raise UserError(f"{resume}: trained on classes {ckpt['classes'][:3]}..., data has {classes[:3]}...")
-    if ckpt is None:
-        cfg = fit_batch_size(cfg, len(splits.train), announce=dist.is_main and not cfg.quiet)
-    input_size = input_size_for(cfg, splits)
+    cfg = resolve(cfg, splits, device)  # every default decided here; a resumed config is already resolved
     amp_dtype = resolve_amp(cfg, device)
 
     model = build_model(cfg.model, len(classes), pretrained=cfg.pretrained, weights=cfg.weights,
                         dropout=cfg.dropout, width=cfg.width).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    train_loader = train_loader_for(cfg, splits.train, device)
+    val_loader = eval_loader_for(cfg, splits.val, device)
+    extra: dict[str, Any] = {"input_size": cfg.image_size, "preprocess": preprocess_for(cfg).to_dict()}
+    if cfg.strategy == "staged":
+        extra["staged"] = ckpt["staged"] if ckpt is not None else None
+        if ckpt is None:
+            cfg, extra["staged"] = stage_head(model, cfg, eval_loader_for(cfg, splits.train, device), train_loader,
+                                              len(splits.train), amp_dtype, announce=dist.is_main and not cfg.quiet)
     plan = plan_finetune(model, cfg)
-    optimizer = build_optimizer(plan.param_groups if plan else decay_split(model.parameters(), resolved_lr(cfg),
-                                                                          resolved_weight_decay(cfg)), cfg)
-    augment = BatchAugment(cfg.crop_pad, cfg.flip, cfg.cutout)
-    train_loader = make_loader(splits.train, cfg.batch_size, device, train=True, augment=augment, seed=cfg.seed,
-                               input_size=input_size, channels_last=cfg.channels_last,
-                               num_workers=cfg.num_workers)
-    val_loader = make_loader(splits.val, eval_batch_size(input_size, device), device, train=False,
-                             input_size=input_size, channels_last=cfg.channels_last, num_workers=cfg.num_workers)
+    optimizer = build_optimizer(optimizer_groups(model, cfg, plan), cfg)
     train_model = dist.wrap(model, cfg, find_unused=plan is not None) if dist.active else model
     if cfg.compile:
         train_model = torch.compile(train_model)
     if dist.active:
         train_loader.shard(dist.rank, dist.world_size)
 
-    max_epochs = cfg.epochs or (UNBOUNDED_EPOCHS if cfg.time_budget else DEFAULT_EPOCHS)
     callbacks: list[cb.Callback] = [cb.NaNGuard()]
     if plan is not None:
         callbacks.append(plan.callback)
     if cfg.time_budget:
-        callbacks.append(cb.TimeBudget(cfg.time_budget))
+        callbacks.append(cb.TimeBudget())
     if cfg.early_stop_patience:
         callbacks.append(cb.EarlyStopping(cfg.early_stop_patience, cfg.early_stop_min_delta))
     if dist.is_main:
         callbacks += [cb.HistoryCSV(run_dir / "history.csv"), cb.LRMonitor(run_dir / "lr_schedule.csv"),
                       cb.Checkpointer(run_dir / "checkpoints"), cb.ProgressBar(False if cfg.quiet else None)]
     callbacks += extra_callbacks or []
-    trainer = Trainer(model, cfg, train_loader, val_loader, optimizer=optimizer, max_epochs=max_epochs,
-                      classes=classes, callbacks=callbacks, amp_dtype=amp_dtype, train_model=train_model,
-                      is_main=dist.is_main, agree=dist.agree if dist.active else None,
-                      checkpoint_extra={"input_size": input_size})
+    head_seconds = (extra.get("staged") or {}).get("head", {}).get("seconds", 0.0)
+    trainer = Trainer(model, cfg, train_loader, val_loader, optimizer=optimizer,
+                      max_epochs=cfg.epochs or UNBOUNDED_EPOCHS, classes=classes, callbacks=callbacks,
+                      amp_dtype=amp_dtype, train_model=train_model, is_main=dist.is_main,
+                      agree=dist.agree if dist.active else None, checkpoint_extra=extra,
+                      time_budget=cfg.time_budget - head_seconds if cfg.time_budget else None)
     if ckpt is not None:
         if plan is not None:
             plan.prepare_resume(trainer, ckpt["trainer"]["epoch"])
@@ -156,7 +153,9 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     trainer.fit()
     if trainer.stop_reason and not cfg.quiet and dist.is_main:
         print(f"imgclf: {trainer.stop_reason}", file=sys.stderr)
-    metrics = final_metrics(trainer, splits, device, input_size, amp_dtype, run_dir, dist.is_main)
+    metrics = final_metrics(trainer, splits, device, amp_dtype, run_dir, dist.is_main)
+    if extra.get("staged"):
+        metrics["staged"] = extra["staged"]
     metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     if dist.is_main:
@@ -165,8 +164,8 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     return TrainResult(run_dir, metrics, model, trainer.history)
 
 
-def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, input_size: int,
-                  amp_dtype: torch.dtype | None, run_dir: Path, is_main: bool) -> dict[str, Any]:
+def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, amp_dtype: torch.dtype | None,
+                  run_dir: Path, is_main: bool) -> dict[str, Any]:
     """Val and test numbers of the final weights; test logits saved for the report (test read only here)."""
     cfg = trainer.config
     results: dict[str, Any] = {}
@@ -175,8 +174,7 @@ def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, input_
         if part is None:
             results[name] = None
             continue
-        loader = make_loader(part, eval_batch_size(input_size, device), device, train=False, input_size=input_size,
-                             channels_last=cfg.channels_last, num_workers=cfg.num_workers)
+        loader = eval_loader_for(cfg, part, device)
         logits, labels = predict_logits(trainer.model, loader, amp_dtype=amp_dtype, tta=cfg.tta)
         results[name] = summarize(logits, labels, splits.classes)
         if cfg.tta:  # what the views added, measured rather than assumed
@@ -200,7 +198,7 @@ def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, input_
         "images_per_second": round(images_seen / max(trainer.train_seconds, 1e-9), 1),
         "model": cfg.model,
         "num_params": sum(p.numel() for p in trainer.model.parameters()),
-        "input_size": input_size,
+        "input_size": cfg.image_size,
         "device": str(device),
         "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
         "tta": cfg.tta,

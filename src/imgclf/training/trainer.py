@@ -30,7 +30,7 @@ class Trainer:
                  callbacks: list[Callback] | None = None, amp_dtype: torch.dtype | None = None,
                  train_model: nn.Module | None = None, is_main: bool = True,
                  agree: Callable[[float, bool], tuple[float, bool]] | None = None,
-                 checkpoint_extra: dict[str, Any] | None = None) -> None:
+                 checkpoint_extra: dict[str, Any] | None = None, time_budget: float | None = None) -> None:
         self.model = model  # the plain module: what checkpoints hold
         self.train_model = train_model or model  # what the loop calls (compiled or DDP-wrapped)
         self.config, self.train_loader, self.val_loader = config, train_loader, val_loader
@@ -43,6 +43,8 @@ class Trainer:
         self.is_main = is_main
         self.agree = agree  # DDP: ranks agree on the clock and on stopping after every step
         self.checkpoint_extra = checkpoint_extra or {}
+        # seconds this loop may train: the config's budget less what ran before it (a staged head phase)
+        self.time_budget = time_budget if time_budget is not None else config.time_budget
         for group in optimizer.param_groups:
             group.setdefault("peak_lr", group["lr"])
         self.epoch = 0  # the next epoch to run (0-based)
@@ -116,8 +118,8 @@ class Trainer:
         """Share of training done: by steps, or by seconds when a time budget is set (whichever is further)."""
         total_steps = max(1, self.max_epochs * len(self.train_loader))
         by_steps = self.step / total_steps
-        if self.config.time_budget:
-            return max(by_steps, self.train_seconds / self.config.time_budget)
+        if self.time_budget:
+            return max(by_steps, self.train_seconds / self.time_budget)
         return by_steps
 
     def _set_lr(self) -> None:
@@ -129,7 +131,7 @@ class Trainer:
     def _warmup_share(self) -> float:
         if not self.config.warmup_epochs:
             return 0.0
-        if self.config.time_budget and self.max_epochs > 1000:  # epochs unknown in advance: a share of time
+        if self.time_budget and self.config.epochs is None:  # epochs unknown in advance: a share of time
             return min(0.5, self.config.warmup_epochs / 10)
         return min(0.5, self.config.warmup_epochs / self.max_epochs)
 

@@ -1,0 +1,432 @@
+"""A from-scratch CIFAR-style (32x32) speed run in the manner of the public airbench scripts.
+
+Why a separate recipe from the Trainer: at ~2 s a run, per-batch Python, loaders and callbacks would cost more
+than the arithmetic. Here the uint8 images live on the device, a whole epoch is augmented in a few kernels,
+and the net is built for the data: a frozen patch-whitening first conv, BatchNorm with frozen unit weights
+and fast-moving statistics, GELU, max-pooled conv blocks, a scaled-down linear head. SGD with summed loss,
+label smoothing, a triangular LR, lookahead (EMA pull-back every few steps) and flip/translate TTA at the end.
+
+Every knob lives in `SpeedConfig`; `PRESETS` names the two settings (`fast`: ~10 epochs like airbench94,
+`long`: wider and deeper for longer like airbench96). The same code runs on a CPU (fp32 or bf16) and on CUDA
+(bf16, or fp16 with a GradScaler), with optional `torch.compile` warmed up on dummy data and timed apart.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imgclf.data.imageset import ImageSet
+from imgclf.evaluation.metrics import tta_logits
+from imgclf.runtime import autocast, cpu_has_bf16, seed_everything
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """All knobs of a speed run. LR and weight decay are in airbench's units (per 1024 summed examples)."""
+
+    # schedule and optimizer
+    epochs: float = 9.9
+    batch_size: int = 1024
+    lr: float = 11.5
+    momentum: float = 0.85
+    weight_decay: float = 0.0153
+    bias_scaler: float = 64.0  # BatchNorm biases learn this much faster, with this much less decay
+    label_smoothing: float = 0.2
+    warmup_frac: float = 0.23  # LR rises linearly from lr_start to 1 over this share of steps, then falls
+    lr_start: float = 0.2
+    lr_end: float = 0.07
+    # lookahead: every `lookahead_every` steps the weights are pulled to an EMA (decay grows like progress^3)
+    lookahead: bool = True
+    lookahead_every: int = 5
+    lookahead_decay: float = 0.95
+    # network
+    widths: tuple[int, int, int] = (64, 256, 256)
+    depth: int = 2  # convs per block; 3 adds a residual over the last two
+    bn_momentum: float = 0.6  # airbench sense: share of the old running statistics kept
+    head_scale: float = 1 / 9
+    whiten_kernel: int = 2
+    whiten_eps: float = 5e-4
+    whiten_images: int = 5000
+    whiten_bias_epochs: float = 3.0  # the whitening layer's bias trains this long, then stops
+    # data augmentation (on whole epochs, on the device) and test-time augmentation
+    flip: str = "alternate"  # alternate | random | none
+    translate: int = 2
+    cutout: int = 0
+    tta_level: int = 2  # 0 none, 1 flip, 2 flip + one-pixel translations
+    # machine
+    precision: str = "auto"  # auto (bf16 on CUDA, and on CPUs with native bf16) | fp32 | bf16 | fp16
+    fp16_init_scale: float = 256.0  # the summed loss already gives large gradients
+    channels_last: bool = True
+    compile: bool = False
+    compile_mode: str | None = None
+    eval_batch_size: int = 2000
+    log_every: int = 0  # > 0: record the training loss every this many steps (costs a sync each time)
+    seed: int = 0
+
+    def replace(self, **changes: Any) -> SpeedConfig:
+        return replace(self, **changes)
+
+
+FAST = SpeedConfig()
+LONG = SpeedConfig(epochs=40.0, widths=(128, 512, 512), depth=3, lr=9.0, translate=4, cutout=12)
+PRESETS: dict[str, SpeedConfig] = {"fast": FAST, "long": LONG}
+
+
+def shrunk(cfg: SpeedConfig) -> SpeedConfig:
+    """The same recipe at CPU-smoke size (a narrow net, one epoch, batches of 100 at the preset's per-step LR):
+    exercises every code path of a preset in seconds."""
+    return cfg.replace(widths=(16, 32, 32), batch_size=100, lr=cfg.lr * cfg.batch_size / 100, epochs=1.0,
+                       eval_batch_size=250, whiten_images=500)
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+# -- data on the device ----------------------------------------------------------------------------------------
+
+def to_device(data: ImageSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, 32, 32, 3) images and int64 labels, resident on the device."""
+    images = torch.from_numpy(np.ascontiguousarray(data.images)).to(device)
+    return images, torch.from_numpy(np.asarray(data.labels, dtype=np.int64)).to(device)
+
+
+def normalize(images: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW standardized with the CIFAR-10 channel statistics."""
+    mean = torch.tensor(CIFAR_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD, device=images.device).view(1, 3, 1, 1)
+    x = (images.permute(0, 3, 1, 2).float().div_(255) - mean) / std
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Shift every image by its own random (dy, dx) in [-pad, pad] (reflect padding): rows, then columns,
+    one masked copy per offset, so no index tensor of the whole set's size is built."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    shift = torch.randint(0, 2 * pad + 1, (2, n), generator=gen, device=x.device)
+    rows = torch.empty((n, c, h, w + 2 * pad), dtype=x.dtype, device=x.device)
+    for s in range(2 * pad + 1):
+        m = shift[0] == s
+        rows[m] = padded[m, :, s:s + h, :]
+    out = torch.empty_like(x)
+    for s in range(2 * pad + 1):
+        m = shift[1] == s
+        out[m] = rows[m, :, :, s:s + w]
+    return out
+
+
+def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero (= the mean, after standardizing) a size x size square at a random place in every image."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h - size + 1, (n, 1, 1), generator=gen, device=x.device)
+    cx = torch.randint(0, w - size + 1, (n, 1, 1), generator=gen, device=x.device)
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    hole = (ys >= cy) & (ys < cy + size) & (xs >= cx) & (xs < cx + size)
+    return x.masked_fill(hole[:, None], 0.0)
+
+
+def augment_epoch(x: torch.Tensor, epoch: int, base_flip: torch.Tensor, cfg: SpeedConfig,
+                  gen: torch.Generator) -> torch.Tensor:
+    """The whole training set augmented for one epoch. Alternating flip: each image is flipped at random in
+    epoch 0 and the other way in each later epoch, so consecutive epochs see both views."""
+    if cfg.flip == "alternate":
+        flip = base_flip ^ bool(epoch % 2)
+    elif cfg.flip == "random":
+        flip = torch.rand(len(x), generator=gen, device=x.device) < 0.5
+    else:
+        flip = None
+    if flip is not None:
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    if cfg.translate > 0:
+        x = translate(x, cfg.translate, gen)
+    if cfg.cutout > 0:
+        x = cutout(x, cfg.cutout, gen)
+    return x
+
+
+# -- the network ------------------------------------------------------------------------------------------------
+
+def patch_whitening(x: torch.Tensor, kernel: int, eps: float) -> torch.Tensor:
+    """Conv filters (2 * C*k*k, C, k, k) that whiten k x k patches of `x`: the eigenvectors of the patches'
+    second-moment matrix scaled by 1/sqrt(eigenvalue + eps), and their negatives (GELU keeps both signs).
+    The input is standardized, so the second moment is close to the covariance."""
+    c = x.shape[1]
+    patches = x.float().unfold(2, kernel, 1).unfold(3, kernel, 1)  # N, C, H', W', k, k
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kernel * kernel).double()
+    moment = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(moment)  # ascending: flip so the strongest come first
+    filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]).flip(0)
+    filters = filters.reshape(-1, c, kernel, kernel).float()
+    return torch.cat([filters, -filters])
+
+
+class FrozenScaleBatchNorm(nn.BatchNorm2d):
+    """BatchNorm whose scale is fixed at 1 (only the bias learns) and whose statistics move fast."""
+
+    def __init__(self, channels: int, keep: float) -> None:
+        super().__init__(channels, eps=1e-12, momentum=1 - keep)
+        self.weight.requires_grad_(False)
+
+
+def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
+    """A 3x3 conv whose first c_in filters start as the identity (dirac), so a fresh block passes its input."""
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[:min(c_in, c_out)])
+    return conv
+
+
+class ConvBlock(nn.Module):
+    """conv -> max-pool -> BN -> GELU, then (depth - 1) x (conv -> BN -> GELU); a residual when depth >= 3."""
+
+    def __init__(self, c_in: int, c_out: int, depth: int, bn_keep: float) -> None:
+        super().__init__()
+        self.first = nn.Sequential(conv3x3(c_in, c_out), nn.MaxPool2d(2), FrozenScaleBatchNorm(c_out, bn_keep),
+                                   nn.GELU())
+        rest: list[nn.Module] = []
+        for _ in range(depth - 1):
+            rest += [conv3x3(c_out, c_out), FrozenScaleBatchNorm(c_out, bn_keep), nn.GELU()]
+        self.rest = nn.Sequential(*rest)
+        self.residual = depth >= 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first(x)
+        return x + self.rest(x) if self.residual else self.rest(x)
+
+
+class SpeedNet(nn.Module):
+    """whitening conv -> GELU -> three ConvBlocks -> global max-pool -> linear head scaled down."""
+
+    def __init__(self, cfg: SpeedConfig, num_classes: int = 10) -> None:
+        super().__init__()
+        k = cfg.whiten_kernel
+        self.whiten = nn.Conv2d(3, 2 * 3 * k * k, k, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        keep = cfg.bn_momentum
+        w1, w2, w3 = cfg.widths
+        self.blocks = nn.Sequential(ConvBlock(self.whiten.out_channels, w1, cfg.depth, keep),
+                                    ConvBlock(w1, w2, cfg.depth, keep), ConvBlock(w2, w3, cfg.depth, keep))
+        self.head = nn.Linear(w3, num_classes, bias=False)
+        self.head_scale = cfg.head_scale
+
+    def init_whitening(self, x: torch.Tensor, eps: float) -> None:
+        with torch.no_grad():
+            self.whiten.weight.copy_(patch_whitening(x, self.whiten.kernel_size[0], eps))
+            self.whiten.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(F.gelu(self.whiten(x)))
+        x = F.adaptive_max_pool2d(x, 1).flatten(1)
+        return self.head(x) * self.head_scale
+
+
+# -- optimization -----------------------------------------------------------------------------------------------
+
+def param_groups(model: SpeedNet, cfg: SpeedConfig) -> list[dict[str, Any]]:
+    """airbench's scaling: LR and decay per summed example (so the step grows with the batch, the linear
+    scaling rule), BN biases at bias_scaler x the LR; the whitening
+    bias in a group of its own so it can be stopped (LR 0) without changing the graph torch.compile saw."""
+    scale = 1024 * (1 + 1 / (1 - cfg.momentum))  # 1024 examples times the steps momentum spans
+    lr, wd = cfg.lr / scale, cfg.weight_decay * cfg.batch_size / scale
+    norm_biases = [m.bias for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    taken = {id(p) for p in norm_biases} | {id(model.whiten.bias)}
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    return [
+        {"params": norm_biases, "lr": lr * cfg.bias_scaler, "weight_decay": wd / cfg.bias_scaler, "name": "bias"},
+        {"params": others, "lr": lr, "weight_decay": wd, "name": "other"},
+        {"params": [model.whiten.bias], "lr": lr, "weight_decay": wd, "name": "whiten_bias"},
+    ]
+
+
+def lr_factor(step: int, total: int, cfg: SpeedConfig) -> float:
+    """Triangular: lr_start -> 1 over warmup_frac of the steps, then linearly down to lr_end."""
+    peak = cfg.warmup_frac * total
+    if step < peak:
+        return cfg.lr_start + (1 - cfg.lr_start) * step / peak
+    return 1 + (cfg.lr_end - 1) * (step - peak) / max(total - peak, 1)
+
+
+class Lookahead:
+    """Keeps an EMA of every float tensor of the state (weights and BN statistics) and pulls the net to it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.live = [t for t in model.state_dict().values() if t.is_floating_point()]
+        self.ema = [t.detach().clone() for t in self.live]
+
+    @torch.no_grad()
+    def update(self, decay: float) -> None:
+        torch._foreach_lerp_(self.ema, self.live, 1 - decay)
+        for live, ema in zip(self.live, self.ema, strict=True):
+            live.copy_(ema)
+
+
+# -- precision, compile, evaluation -----------------------------------------------------------------------------
+
+def resolve_precision(cfg: SpeedConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for cfg.precision (None = fp32); `auto` is bf16 on CUDA and on CPUs with native bf16."""
+    name = cfg.precision
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"precision {cfg.precision!r}: expected auto, fp32, bf16 or fp16")
+    return dtypes[name]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, level: int, batch_size: int, device: torch.device,
+            amp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(plain logits, TTA logits): level 1 averages the image and its mirror; level 2 is imgclf's six-view
+    TTA (the mirrored pair, and the pair shifted one pixel up-left and down-right)."""
+    plain_all, tta_all = [], []
+    with autocast(device, amp):
+        for start in range(0, len(x), batch_size):
+            batch = x[start:start + batch_size]
+            plain = model(batch).float()
+            if level >= 2:
+                tta = tta_logits(model, batch)
+            elif level == 1:
+                tta = 0.5 * (plain + model(batch.flip(3)).float())
+            else:
+                tta = plain
+            plain_all.append(plain)
+            tta_all.append(tta)
+    return torch.cat(plain_all), torch.cat(tta_all)
+
+
+_WARM: set[tuple] = set()  # compiled shapes already seen in this process
+
+
+def _compile_key(cfg: SpeedConfig, device: torch.device, num_test: int) -> tuple:
+    return (device.type, cfg.widths, cfg.depth, cfg.whiten_kernel, cfg.batch_size, cfg.eval_batch_size,
+            cfg.precision, cfg.channels_last, cfg.compile_mode, cfg.tta_level, num_test)
+
+
+def warm_up_compile(cfg: SpeedConfig, device: torch.device, num_test: int, num_classes: int = 10) -> float:
+    """Compile every graph a timed run will use (train step, eval at each batch shape) on random data, so the
+    timed run excludes compilation; seconds spent, 0 when this process has already compiled these shapes."""
+    key = _compile_key(cfg, device, num_test)
+    if not cfg.compile or key in _WARM:
+        return 0.0
+    started = time.perf_counter()
+    gen = torch.Generator().manual_seed(12345)
+    fake_train = ImageSet(torch.randint(0, 256, (2 * cfg.batch_size, 32, 32, 3), generator=gen,
+                                        dtype=torch.uint8).numpy(),
+                          np.arange(2 * cfg.batch_size) % num_classes, [str(i) for i in range(num_classes)])
+    fake_test = ImageSet(fake_train.images[:1].repeat(num_test, 0), np.zeros(num_test, dtype=np.int64),
+                         fake_train.classes)
+    _train_and_evaluate(fake_train, fake_test, cfg.replace(epochs=3 / 2, log_every=0), device)
+    _WARM.add(key)
+    return time.perf_counter() - started
+
+
+def run_speedrun(train: ImageSet, test: ImageSet, config: SpeedConfig, device: torch.device | str) -> dict[str, Any]:
+    """Train a fresh SpeedNet on `train` and score it on `test`; with config.compile the graphs are compiled
+    on dummy data first and that time is reported apart (`compile_seconds`) from `train_seconds`."""
+    device = torch.device(device)
+    compile_seconds = warm_up_compile(config, device, len(test), len(train.classes))
+    result = _train_and_evaluate(train, test, config, device)
+    result["compile_seconds"] = round(compile_seconds, 2)
+    return result
+
+
+def _train_and_evaluate(train: ImageSet, test: ImageSet, cfg: SpeedConfig, device: torch.device) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    amp = resolve_precision(cfg, device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    train_u8, train_y = to_device(train, device)
+    test_u8, test_y = to_device(test, device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = SpeedNet(cfg, len(train.classes)).to(device, memory_format=fmt)
+    step_model = torch.compile(model, mode=cfg.compile_mode, dynamic=False) if cfg.compile else model
+    optimizer = torch.optim.SGD(param_groups(model, cfg), lr=0.0, momentum=cfg.momentum, nesterov=True)
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
+    scaler = torch.amp.GradScaler(device.type, init_scale=cfg.fp16_init_scale, enabled=amp == torch.float16)
+    lookahead = Lookahead(model) if cfg.lookahead else None
+    steps_per_epoch = len(train_y) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_y)} training images is fewer than one batch of {cfg.batch_size}")
+    total = math.ceil(cfg.epochs * steps_per_epoch)
+    losses: list[tuple[int, float]] = []
+
+    _sync(device)
+    started = time.perf_counter()
+    x_all = normalize(train_u8, cfg.channels_last)
+    sample = torch.randperm(len(x_all), generator=gen, device=device)[:cfg.whiten_images]  # sets come class-sorted
+    model.init_whitening(x_all[sample], cfg.whiten_eps)
+    base_flip = torch.rand(len(x_all), generator=gen, device=device) < 0.5
+    step, epoch = 0, 0
+    model.train()
+    while step < total:
+        if epoch >= cfg.whiten_bias_epochs:
+            optimizer.param_groups[2]["base_lr"] = 0.0
+        order = torch.randperm(len(x_all), generator=gen, device=device)
+        x_epoch = augment_epoch(x_all, epoch, base_flip, cfg, gen)[order].contiguous(memory_format=fmt)
+        y_epoch = train_y[order]
+        for b in range(min(steps_per_epoch, total - step)):
+            batch = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
+            # -- the training step --------------------------------------------------------------------------
+            factor = lr_factor(step, total, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            with autocast(device, amp):
+                logits = step_model(x_epoch[batch])
+                loss = F.cross_entropy(logits.float(), y_epoch[batch], label_smoothing=cfg.label_smoothing,
+                                       reduction="sum")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            if lookahead is not None and step % cfg.lookahead_every == 0:
+                lookahead.update(cfg.lookahead_decay ** cfg.lookahead_every * (step / total) ** 3)
+            if cfg.log_every and (step % cfg.log_every == 0 or step == 1):
+                losses.append((step, loss.item() / cfg.batch_size))
+            # ------------------------------------------------------------------------------------------------
+        epoch += 1
+    if lookahead is not None:
+        lookahead.update(1.0)  # finish on the EMA weights
+    _sync(device)
+    train_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    model.eval()
+    plain, tta = predict(step_model, normalize(test_u8, cfg.channels_last), cfg.tta_level, cfg.eval_batch_size,
+                         device, amp)
+    _sync(device)
+    result = {
+        "tta_accuracy": (tta.argmax(1) == test_y).float().mean().item(),
+        "accuracy": (plain.argmax(1) == test_y).float().mean().item(),
+        "train_seconds": round(train_seconds, 3),
+        "eval_seconds": round(time.perf_counter() - started, 3),
+        "epochs": round(step / steps_per_epoch, 3),
+        "steps": step,
+        "images_per_second": round(step * cfg.batch_size / train_seconds, 1),
+        "precision": str(amp).removeprefix("torch.") if amp else "fp32",
+        "device": str(device),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "grad_scale": scaler.get_scale() if scaler.is_enabled() else None,
+    }
+    if cfg.log_every:
+        result["losses"] = [[s, round(v, 4)] for s, v in losses]
+    return result
+
+
+def config_dict(cfg: SpeedConfig) -> dict[str, Any]:
+    """The config as plain JSON-able data, for reports."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}

@@ -1,0 +1,216 @@
+"""Staged fine-tuning, sized to a CPU budget: the head on cached features, then the top of the backbone.
+
+1. Head. Every training image goes through the frozen backbone once, plus `feature_views - 1` augmented
+   views, and the feature vectors are kept; the head (dropout + linear) then trains on them for
+   `head_epochs` in seconds. A full fine-tuning epoch pays forward and backward for every image; this
+   pays one forward per view, once.
+2. Top. The Trainer fine-tunes the `unfreeze_groups` layer groups nearest the head with discriminative
+   LRs (imgclf.training.finetune.param_groups); the groups below stay frozen with their BatchNorm
+   statistics fixed. With no parameter below needing a gradient and an input that needs none, autograd
+   records nothing there: the bottom runs as under torch.no_grad and backward stops at the first
+   trainable layer. Under a time budget the depth is the deepest whose measured step rate still fits
+   MIN_TOP_EPOCHS epochs in what the head phase left.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imgclf.config import TrainConfig
+from imgclf.models.base import ImageClassifier
+from imgclf.runtime import autocast
+from imgclf.training.callbacks import Callback
+from imgclf.training.finetune import freeze_backbone, freeze_bn_stats, unwrap
+
+HEAD_LR = 3e-3  # AdamW on cached features; the head is linear, so a high LR with cosine decay converges fast
+HEAD_BATCH = 64
+MAX_HEAD_SHARE = 0.3  # under a time budget the head phase (feature extraction) takes at most this share
+MIN_TOP_EPOCHS = 4  # the top phase unfreezes only as deep as still fits this many epochs in its budget
+PROBE_STEPS = 2  # timed training steps per candidate depth (after one untimed)
+
+
+@dataclass
+class HeadReport:
+    """What the head phase did, for the run directory and the printout."""
+
+    views: int
+    images: int
+    seconds: float
+    extract_images_per_second: float
+    loss: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+@torch.no_grad()
+def extract_features(model: ImageClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 features (N, num_features) and labels of every batch, the backbone in eval mode."""
+    was_training = model.training
+    model.eval()
+    feats, labels = [], []
+    for x, y in batches:
+        with autocast(x.device, amp_dtype):
+            feats.append(model.embed(x).float())
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def train_head(head: nn.Module, features_of: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor,
+               cfg: TrainConfig, epochs: int, seed: int) -> float:
+    """Train `head` on features with AdamW and a cosine LR, in a seeded order; returns the last epoch's loss.
+
+    `features_of(index)` gives the features of the examples at `index`: slices of a cache here, or a forward
+    pass of the frozen backbone (the tests check both give the same head).
+    """
+    params = [p for p in head.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}], lr=HEAD_LR)
+    n = len(labels)
+    steps_per_epoch = math.ceil(n / HEAD_BATCH)
+    total = max(1, epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    head.train()
+    step, epoch_loss = 0, float("nan")
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        running, seen = 0.0, 0
+        for b in range(steps_per_epoch):
+            idx = order[b * HEAD_BATCH:(b + 1) * HEAD_BATCH]
+            for group in optimizer.param_groups:
+                group["lr"] = HEAD_LR * 0.5 * (1 + math.cos(math.pi * step / total))
+            out = head(features_of(idx))
+            loss = F.cross_entropy(out, labels[idx.to(labels.device)], label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += loss.item() * len(idx)
+            seen += len(idx)
+            step += 1
+        epoch_loss = running / max(seen, 1)
+    return epoch_loss
+
+
+def fit_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, augmented: Callable[[int], Iterable],
+             num_train: int, amp_dtype: torch.dtype | None, budget: float | None) -> HeadReport:
+    """Phase 1: features of the clean view and of augmented views (`augmented(k)` yields the k-th), then
+    the head trained on all of them. Under a `budget` the views are cut to what MAX_HEAD_SHARE of it buys."""
+    started = time.perf_counter()
+    feats, labels = extract_features(model, clean, amp_dtype)
+    rate = num_train / max(time.perf_counter() - started, 1e-9)
+    views = cfg.feature_views
+    if budget:
+        views = max(1, min(views, int(MAX_HEAD_SHARE * budget * rate / max(num_train, 1))))
+    parts, part_labels = [feats], [labels]
+    for k in range(1, views):
+        f, y = extract_features(model, augmented(k), amp_dtype)
+        parts.append(f)
+        part_labels.append(y)
+    cache, targets = torch.cat(parts), torch.cat(part_labels)
+    loss = train_head(model.head, lambda idx: cache[idx.to(cache.device)], targets, cfg, cfg.head_epochs, cfg.seed)
+    return HeadReport(views, len(targets), time.perf_counter() - started, rate, loss)
+
+
+def set_trainable_top(model: nn.Module, groups: int) -> None:
+    """The head and the `groups` backbone layer groups nearest it train; everything below is frozen.
+    BatchNorm statistics stay fixed throughout (see imgclf.training.finetune)."""
+    model = unwrap(model)
+    freeze_backbone(model)
+    backbone = model.layer_groups()
+    for group in backbone[len(backbone) - groups:] if groups > 0 else []:
+        for p in group:
+            p.requires_grad_(True)
+    freeze_bn_stats(model)
+
+
+def choose_depth(model: ImageClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                 criterion: nn.Module, amp_dtype: torch.dtype | None, budget: float, num_train: int,
+                 ) -> tuple[int, dict[int, float]]:
+    """The deepest unfreezing whose measured training rate fits MIN_TOP_EPOCHS epochs in `budget` seconds.
+
+    Each candidate depth is timed on real batches with forward and backward only (no optimizer step, so
+    nothing changes); returns the depth and the measured images per second by depth.
+    """
+    it = iter(batches)
+    sample = [next(it) for _ in range(PROBE_STEPS + 1)]
+    need = MIN_TOP_EPOCHS * num_train
+    rates: dict[int, float] = {}
+    for depth in range(len(unwrap(model).layer_groups()), 0, -1):
+        set_trainable_top(model, depth)
+        model.train()
+        images, elapsed = 0, 0.0
+        for i, (x, y) in enumerate(sample):
+            tick = time.perf_counter()
+            with autocast(x.device, amp_dtype):
+                loss = criterion(model(x), y)
+            loss.backward()
+            if i > 0:
+                elapsed += time.perf_counter() - tick
+                images += len(y)
+        model.zero_grad(set_to_none=True)
+        rates[depth] = images / max(elapsed, 1e-9)
+        if rates[depth] * budget >= need:
+            return depth, rates
+    return 0, rates
+
+
+class StagedUnfreeze(Callback):
+    """Keeps the chosen top of the backbone trainable and the rest frozen, at fit start and after a resume."""
+
+    def __init__(self, groups: int | None) -> None:
+        self.groups = groups
+
+    def _apply(self, trainer: Any) -> None:
+        groups = self.groups if self.groups is not None else trainer.config.unfreeze_groups
+        set_trainable_top(trainer.model, groups or 0)
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self._apply(trainer)
+
+    def prepare_resume(self, trainer: Any, epoch: int) -> None:
+        self._apply(trainer)
+
+
+def stage_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, train_loader: Any, num_train: int,
+               amp_dtype: torch.dtype | None, announce: bool) -> tuple[TrainConfig, dict[str, Any]]:
+    """Run phase 1 and decide phase 2's depth; returns the config with `unfreeze_groups` set (so config.yaml
+    and a resume know it) and the plan as measured, for the checkpoint and metrics.json.
+
+    `clean` yields the training images in their evaluation view; `train_loader` the augmented ones.
+    """
+    freeze_backbone(model)
+
+    def augmented(view: int) -> Iterable:
+        train_loader.set_epoch(-view)  # epochs below 0: views the top phase never draws
+        return train_loader
+
+    report = fit_head(model, cfg, clean, augmented, num_train, amp_dtype, cfg.time_budget)
+    train_loader.set_epoch(0)
+    rates: dict[int, float] = {}
+    depth = cfg.unfreeze_groups
+    if depth is None:
+        remaining = max(0.0, (cfg.time_budget or 0.0) - report.seconds)
+        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        depth, rates = choose_depth(model, train_loader, criterion, amp_dtype, remaining, num_train)
+        set_trainable_top(model, 0)
+    groups = len(model.layer_groups())
+    plan = {"head": report.to_dict(), "unfreeze_groups": depth, "groups": groups,
+            "top_images_per_second": {str(k): round(v, 1) for k, v in rates.items()}}
+    if announce:
+        measured = f" (measured img/s by depth: {plan['top_images_per_second']})" if rates else ""
+        print(f"imgclf: staged fine-tuning: head trained on {report.views} view(s) of {num_train} images in "
+              f"{report.seconds:.1f}s (features at {report.extract_images_per_second:.0f} img/s); then the top "
+              f"{depth} of {groups} layer groups{measured}", file=sys.stderr)
+    return cfg.replace(unfreeze_groups=depth), plan

@@ -1,0 +1,149 @@
+"""The photo path: aspect kept in the cache, crops inside the photo, exact replay, one preprocessing for
+evaluate / predict / serve / ONNX, and the cached-feature head equal to training the frozen network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import class_image
+from imgclf.config import TrainConfig
+from imgclf.data import load_splits
+from imgclf.data.imageset import ImageSet
+from imgclf.data.loaders import PhotoLoader, make_loader
+from imgclf.data.photos import PhotoSet, Preprocess, train_transform, working_side
+from imgclf.evaluation.metrics import predict_logits
+from imgclf.inference.predictor import Predictor
+from imgclf.models import build_model
+from imgclf.training.checkpoint import load_checkpoint, model_from_checkpoint
+from imgclf.training.staged import extract_features, train_head
+
+SHAPES = [(48, 36), (36, 60), (40, 40), (80, 45)]  # (width, height): landscape, portrait, square, wide
+
+
+def make_photo_folder(root: Path, per_class: int = 8) -> Path:
+    """root/{train,test}/<class>/<i>.jpg of several aspect ratios, learnable colours and stripes."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", 4)):
+        for c in range(3):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                w, h = SHAPES[i % len(SHAPES)]
+                tile = class_image(c, rng, size=max(w, h))[:h, :w]
+                Image.fromarray(tile).save(folder / f"{i}.jpg", quality=95)
+    return root
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_photo_folder(tmp_path_factory.mktemp("photos") / "set")
+
+
+def test_cache_keeps_the_aspect_ratio(photo_folder: Path) -> None:
+    splits = load_splits(str(photo_folder), image_size=24)
+    assert isinstance(splits.train, PhotoSet) and splits.train.image_size == 24
+    side = working_side(24)  # 28: a crop of 24 is 0.875 of it
+    shapes = {a.shape for a in splits.train.images + splits.test.images}
+    for w, h in SHAPES:
+        scale = side / min(w, h)
+        assert (max(side, round(h * scale)), max(side, round(w * scale)), 3) in shapes
+    again = load_splits(str(photo_folder), image_size=24)  # from the cache: the same ragged arrays
+    assert all(np.array_equal(a, b) for a, b in zip(splits.train.images, again.train.images, strict=True))
+
+
+def test_small_squares_keep_the_fast_path(image_folder: Path) -> None:
+    assert isinstance(load_splits(str(image_folder)).train, ImageSet)
+
+
+def test_random_resized_crops_stay_inside_the_photo() -> None:
+    red = np.zeros((30, 70, 3), dtype=np.uint8)
+    red[..., 0] = 200
+    data = PhotoSet([red] * 16, np.zeros(16, dtype=np.int64), ["a", "b"], 24)
+    loader = PhotoLoader(data, 8, preprocess=Preprocess(24), augment=train_transform(24, "none", 0.08),
+                         shuffle=True, seed=1)
+    for x, _ in loader:  # any pixel from outside the photo would be a fill value, not this red
+        assert x.shape == (8, 3, 24, 24)
+        assert torch.allclose(x[:, 0], torch.full_like(x[:, 0], 200 / 255), atol=1e-6)
+        assert torch.all(x[:, 1:] == 0)
+
+
+def test_augmentation_replays_exactly_after_resume_and_across_workers(photo_folder: Path) -> None:
+    memory = load_splits(str(photo_folder), image_size=24, stream=False)
+    files = load_splits(str(photo_folder), image_size=24, stream=True)
+    kwargs = dict(preprocess=Preprocess(24), augment=train_transform(24), shuffle=True, seed=7)
+    first = PhotoLoader(memory.train, 8, **kwargs)
+    first.set_epoch(3)
+    a = list(first)
+    resumed = PhotoLoader(memory.train, 8, **kwargs)  # a fresh process resuming at epoch 3
+    resumed.set_epoch(3)
+    streamed = PhotoLoader(files.train, 8, num_workers=2, **kwargs)  # decoded from disk by two workers
+    streamed.set_epoch(3)
+    for (xa, ya), (xb, yb), (xc, yc) in zip(a, resumed, streamed, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ya, yc)
+        assert torch.allclose(xa, xc, atol=1 / 255)  # stream decodes from the file, memory from the cache
+    first.set_epoch(4)
+    assert not torch.equal(a[0][0], next(iter(first))[0])  # another epoch draws other views
+
+
+@pytest.fixture(scope="module")
+def photo_checkpoint(photo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from imgclf.training.run import train
+
+    out = tmp_path_factory.mktemp("photo-run") / "run"
+    train(TrainConfig(data=str(photo_folder), model="tiny", epochs=2, batch_size=8, image_size=24, quiet=True,
+                      device="cpu", resize="pad", out=str(out)))
+    return out / "checkpoints" / "last.pt"
+
+
+def test_one_preprocessing_for_evaluate_predict_serve_and_onnx(photo_checkpoint: Path, photo_folder: Path,
+                                                                tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from imgclf.inference.export import export_onnx
+    from imgclf.inference.onnx_backend import load_onnx_predictor
+    from imgclf.inference.server import create_app
+
+    ckpt = load_checkpoint(photo_checkpoint)
+    assert ckpt["preprocess"] == {"input_size": 24, "resize": "pad", "crop_fraction": 0.875}
+    splits = load_splits(str(photo_folder), image_size=24)
+    loader = make_loader(splits.test, 4, "cpu", train=False, preprocess=Preprocess.from_checkpoint(ckpt),
+                         channels_last=False)
+    logits, _ = predict_logits(model_from_checkpoint(ckpt), loader)
+    evaluated = torch.softmax(logits, 1).numpy()
+
+    files = sorted((photo_folder / "test").glob("*/*.jpg"))  # the order the data layer lists them in
+    predictor = Predictor.load(str(photo_checkpoint), device="cpu")
+    torch_probs = predictor.probabilities(predictor.preprocess(files))
+    export_onnx(photo_checkpoint, tmp_path / "m.onnx")
+    onnx = load_onnx_predictor(tmp_path / "m.onnx")
+    assert onnx.preprocessing == Preprocess(24, "pad", 0.875)  # travelled in the ONNX metadata
+    onnx_probs = onnx.probabilities(onnx.preprocess(files))
+    np.testing.assert_allclose(torch_probs, evaluated, atol=1e-4)
+    np.testing.assert_allclose(onnx_probs, evaluated, atol=1e-4)
+
+    with TestClient(create_app(predictor)) as client:  # the context runs the app's startup (its batcher)
+        served = client.post("/predict", files={"file": ("a.jpg", files[0].read_bytes(), "image/jpeg")})
+    assert served.status_code == 200, served.text
+    top = served.json()["top_k"][0]
+    assert top["probability"] == pytest.approx(float(evaluated[0].max()), abs=1e-4)
+
+
+def test_cached_features_train_the_same_head_as_the_frozen_network() -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny", 3).eval()
+    images = torch.rand(40, 3, 16, 16)
+    labels = torch.randint(0, 3, (40,))
+    feats, _ = extract_features(model, [(images[:24], labels[:24]), (images[24:], labels[24:])], None)
+    cfg = TrainConfig(weight_decay=0.01, label_smoothing=0.1)
+    cached_head, direct_head = build_model("tiny", 3).head, build_model("tiny", 3).head
+    direct_head.load_state_dict(cached_head.state_dict())
+    train_head(cached_head, lambda idx: feats[idx], labels, cfg, epochs=5, seed=3)
+    train_head(direct_head, lambda idx: model.embed(images[idx]).detach(), labels, cfg, epochs=5, seed=3)
+    for a, b in zip(cached_head.parameters(), direct_head.parameters(), strict=True):
+        assert not torch.equal(a, torch.zeros_like(a)) or a.ndim == 1
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
