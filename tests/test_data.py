@@ -47,7 +47,7 @@ def test_modes_sizes_and_corrupt_files(tmp_path: Path, capsys: pytest.CaptureFix
     splits = load_splits(str(root), image_size=16, val_fraction=0.2)
     assert len(splits.train) + len(splits.val) == 15
     assert isinstance(splits.train, PhotoSet)  # mixed sizes: the photo path, each image with its own shape
-    assert {a.shape for a in splits.train.images + splits.val.images} >= {(16, 16, 3), (19, 38, 3)}  # 40x20 -> short side 19
+    assert {a.shape for a in splits.train.images + splits.val.images} >= {(16, 16, 3), (19, 38, 3)}
     err = capsys.readouterr().err
     assert "skipped 2 file(s)" in err and err.count("\n") == 1
     # transparent red on white composites to white, not black or red
