@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile for the fast preset")
     parser.add_argument("--compile-long", action="store_true",
                         help="torch.compile the long preset too (another ~minute of compiling for one run)")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     add_gpu_args(parser)
     args = parser.parse_args()
     device = torch.device("cpu") if args.smoke else resolve_device("auto")
@@ -61,14 +62,21 @@ def main() -> None:
                               "data_seconds": round(time.perf_counter() - started, 2), "presets": {}}
     for name, count in (("fast", args.runs), ("long", args.long_runs)):
         compiled = not args.no_compile if name == "fast" else args.compile_long
-        cfg = PRESETS[name].replace(compile=device.type == "cuda" and compiled)
+        cfg = PRESETS[name].replace(compile=device.type == "cuda" and compiled, compile_mode=args.compile_mode)
         if args.smoke:
             cfg = shrunk(cfg)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         runs: list[dict[str, Any]] = []
         for seed in range(count):
-            runs.append(run_speedrun(train, test, cfg.replace(seed=seed), device))
+            try:
+                runs.append(run_speedrun(train, test, cfg.replace(seed=seed), device))
+            except Exception as exc:  # noqa: BLE001 - a compiler failure must not cost the whole benchmark
+                if not cfg.compile:
+                    raise
+                result.setdefault("compile_errors", {})[name] = f"{type(exc).__name__}: {exc}"[:500]
+                cfg = cfg.replace(compile=False)
+                runs.append(run_speedrun(train, test, cfg.replace(seed=seed), device))
             result["presets"][name] = summarize(name, cfg, runs, peak_gpu_memory_mb(device))
             if args.out:
                 emit(result, args.out, echo=False)

@@ -265,8 +265,7 @@ class Lookahead:
     @torch.no_grad()
     def update(self, decay: float) -> None:
         torch._foreach_lerp_(self.ema, self.live, 1 - decay)
-        for live, ema in zip(self.live, self.ema, strict=True):
-            live.copy_(ema)
+        torch._foreach_copy_(self.live, self.ema)
 
 
 # -- precision, compile, evaluation -----------------------------------------------------------------------------
@@ -374,7 +373,7 @@ def _train_and_evaluate(train: ImageSet, test: ImageSet, cfg: SpeedConfig, devic
     model.train()
     while step < total:
         if epoch >= cfg.whiten_bias_epochs:
-            optimizer.param_groups[2]["base_lr"] = 0.0
+            next(g for g in optimizer.param_groups if g["name"] == "whiten_bias")["base_lr"] = 0.0
         order = torch.randperm(len(x_all), generator=gen, device=device)
         x_epoch = augment_epoch(x_all, epoch, base_flip, cfg, gen)[order].contiguous(memory_format=fmt)
         y_epoch = train_y[order]
