@@ -81,7 +81,7 @@ def test_regularization_preset_reports_the_gap(tmp_path: Path) -> None:
 def test_transfer_preset_plans_scratch_against_finetune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     preset = load_preset("transfer")
     assert set(preset["variants"]) == {"scratch", "finetune"}
-    assert preset["variants"]["finetune"] == {"model": "efficientnet_lite0", "pretrained": True, "width": 1.0}
+    assert preset["variants"]["finetune"] == {"model": "efficientnet_lite2", "pretrained": True, "width": 1.0}
     # Fine-tuning runs at the weights' own size (decided at resolution) unless the user gives --image-size.
     for given, expected in ((None, [None, None]), (96, [96, 96])):
         sized = plan_runs(_base(tmp_path, image_size=given), preset["variants"], tmp_path / "o", None, None)
