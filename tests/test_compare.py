@@ -165,3 +165,25 @@ def test_transfer_verdict_with_fractions_and_noise() -> None:
     assert "With 10% of the training data (100 images)" in text and "beats scratch on 100%" in text
     tie = [_record("a", 0.9, 0.8, 0.801), _record("b", 0.9, 0.8, 0.800)]
     assert "within noise" in compare.verdict_text(tie, "custom", "a", "test", 10_000)
+
+
+def test_same_budget_by_default_or_until_the_plateau(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --epochs or --budget every run gets one derived wall-clock budget; with --early-stop each
+    trains until its validation accuracy stops improving; the report says which."""
+    data = make_folder(tmp_path / "imgs", classes=3, per_class=12, splits=True)
+    variants = tmp_path / "v.yaml"
+    variants.write_text("small: {}\nwide:\n  width: 2.0\n")
+    monkeypatch.setattr(compare, "BUDGET_RANGE", (3.0, 3.0))
+    base = _base(data).replace(epochs=None)
+    timed = run_compare(base, tmp_path / "budget", variants_file=variants)
+    assert timed["stopping"] == "budget" and timed["budget_seconds"] == 3.0
+    for run in timed["runs"]:
+        config = (Path(run["run_dir"]) / "config.yaml").read_text()
+        assert "time_budget: 3.0" in config and run["train_seconds"] <= 3.0 + 2.0
+    assert "3 s of training each" in (tmp_path / "budget" / "report.md").read_text()
+
+    monkeypatch.setattr(compare, "PLATEAU_MAX_EPOCHS", 6)
+    plateau = run_compare(base.replace(early_stop_patience=1, lr=1e-4), tmp_path / "plateau", variants_file=variants)
+    assert plateau["stopping"] == "plateau" and plateau["budget_seconds"] is None
+    assert all(r["epochs_run"] <= 6 for r in plateau["runs"])
+    assert "until validation accuracy stopped improving" in (tmp_path / "plateau" / "report.md").read_text()

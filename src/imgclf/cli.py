@@ -225,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="transfer", help="transfer (scratch vs fine-tune) | regularization")
     p.add_argument("--variants", help="YAML of named variants: {name: {config overrides}}")
     p.add_argument("--fractions", help="training-set fractions to sweep, for example 0.1,0.5,1.0")
-    p.add_argument("--budget", type=float, help="seconds of training for each run")
+    p.add_argument("--budget", type=float, help="seconds of training for each run (default: derived from the data "
+                   "and this machine, printed; --epochs N for equal epochs, --early-stop N to train each until "
+                   "validation accuracy stops improving)")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html and report.md")

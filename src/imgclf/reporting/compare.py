@@ -172,6 +172,7 @@ def thin(splits: Any, cfg: TrainConfig) -> Any:
     return Splits(train, splits.val, splits.test, splits.source, list(splits.notes))
 
 
+PLATEAU_MAX_EPOCHS = 200  # --early-stop N without --budget or --epochs: train until the plateau, within this
 BUDGET_EPOCH_PASSES = 10  # the derived budget pays for about this many forward passes over the training set
 BUDGET_RANGE = (60.0, 240.0)  # seconds per run: long enough to learn, short enough for 2 runs in 10 minutes
 
@@ -246,7 +247,11 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
         if key not in shared:
             shared[key] = load_data(plan.cfg.replace(subset=None, train_fraction=1.0))
         thin(shared[key], plan.cfg)  # a fraction too small for the classes fails here, not after hours
-    if budget is None and base_cfg.epochs is None:
+    until_plateau = bool(base_cfg.early_stop_patience) and budget is None and base_cfg.epochs is None
+    if until_plateau:  # each approach trains until its validation accuracy stops improving
+        plans = plan_runs(base_cfg.replace(epochs=PLATEAU_MAX_EPOCHS), variants, out, fraction_list, None,
+                          spec.get("base_if_unset"))
+    elif budget is None and base_cfg.epochs is None:
         budget = derived_budget(plans, shared)
         if not base_cfg.quiet:
             print(f"compare: {budget:.0f} s of training for each run (derived from the data and this machine; "
@@ -281,6 +286,7 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
             "model": plan.cfg.model, "pretrained": plan.cfg.pretrained, "train_images": len(splits.train),
             "epochs_run": m["epochs_run"], "images_per_second": m["images_per_second"],
             "num_params": m["num_params"], "stop_reason": m.get("stop_reason"),
+            "peak_rss_mb": m.get("peak_rss_mb"),  # of the process so far: runs share it, so it only grows
         }
         if preset_name == "regularization":
             record["train_accuracy"] = _clean_train_accuracy(result.model, splits.train, plan.cfg, m["input_size"])
@@ -298,6 +304,8 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
     comparison = {"preset": preset_name, "description": spec.get("description", ""), "split": split,
                   "eval_images": n_eval, "reference": spec["reference"],
                   "classes": classes, "budget_seconds": budget, "fractions": fraction_list,
+                  "stopping": ("plateau" if until_plateau else "budget" if budget else "epochs"),
+                  "early_stop_patience": base_cfg.early_stop_patience,
                   "runs": records + failed}
     comparison["verdict"] = _verdict(comparison)
     out.mkdir(parents=True, exist_ok=True)
@@ -465,7 +473,10 @@ def write_comparison_report(out: Path, comparison: dict[str, Any], histories: di
     split = comparison["split"]
     preset = comparison["preset"]
     budget = comparison.get("budget_seconds")
-    if budget:
+    if comparison.get("stopping") == "plateau":
+        budget_text = (f"each until validation accuracy stopped improving for {comparison['early_stop_patience']} "
+                       f"epochs (at most {PLATEAU_MAX_EPOCHS})")
+    elif budget:
         budget_text = f"{budget:g} s of training each"
     elif len({r["epochs_run"] for r in records}) == 1:
         budget_text = f"{records[0]['epochs_run']} epochs each"
@@ -480,14 +491,15 @@ def write_comparison_report(out: Path, comparison: dict[str, Any], histories: di
     doc.heading("Runs")
     has_test = split == "test"
     header = ["run", "approach", "model", "training images", "val acc"] + (["test acc"] if has_test else []) + \
-        ["train time", "img/s"]
+        ["train time", "img/s", "peak RSS"]
     if preset == "regularization":
         header += ["train acc (clean)", "gap", "gap closed", f"{split} change"]
     rows = []
     for r in records:
         row = [r["name"], r["approach"], r["model"], f"{r['train_images']:,}", f"{_pts(r['val_accuracy'])}%"]
         row += [f"{_pts(r['test_accuracy'])}%"] if has_test else []
-        row += [f"{r['train_seconds']:.1f} s", f"{r['images_per_second']:,.0f}"]
+        row += [f"{r['train_seconds']:.1f} s", f"{r['images_per_second']:,.0f}",
+                f"{r['peak_rss_mb'] / 1024:.1f} GB" if r.get("peak_rss_mb") else "n/a"]
         if preset == "regularization":
             closed = r.get("gap_closed")
             is_ref = r["variant"] == comparison.get("reference")
@@ -497,7 +509,8 @@ def write_comparison_report(out: Path, comparison: dict[str, Any], histories: di
         rows.append(row)
     numeric = set(range(3, len(header)))
     doc.table(header, rows, numeric)
-    doc.note("Each run is a normal run directory under `runs/`; `imgclf report runs/NAME` gives its full report.")
+    doc.note(f"Each run is a normal run directory under `{out}/runs/`; `imgclf report {out}/runs/NAME` gives its "
+             "full report. Peak RSS is the process's peak by the end of each run (the runs share one process).")
     for r in comparison["runs"]:
         if r.get("error"):
             doc.paragraph(f"**{r['name']}** is left out: {r['error']}")

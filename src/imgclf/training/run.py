@@ -154,8 +154,9 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     if trainer.stop_reason and not cfg.quiet and dist.is_main:
         print(f"imgclf: {trainer.stop_reason}", file=sys.stderr)
     metrics = final_metrics(trainer, splits, device, amp_dtype, run_dir, dist.is_main)
-    if extra.get("staged"):
+    if extra.get("staged"):  # the head phase ran before the Trainer's clock: count it as training time
         metrics["staged"] = extra["staged"]
+        metrics["train_seconds"] = round(metrics["train_seconds"] + head_seconds, 3)
     metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     if dist.is_main:
