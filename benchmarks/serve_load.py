@@ -58,7 +58,7 @@ def baseline_app(checkpoint: str, kind: str) -> FastAPI:
     import torch
 
     from imgclf.inference.predictor import Predictor
-    from imgclf.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
 
     predictor = Predictor.load(checkpoint=checkpoint, device="cpu")
     if kind == "plain":

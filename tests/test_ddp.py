@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import make_folder
-from imgclf.training.checkpoint import load_checkpoint
+from imgclf.models.checkpoint import load_checkpoint
 
 
 def _run(args: list[str], env: dict[str, str]) -> None:

@@ -19,7 +19,7 @@ from imgclf.data.photos import PhotoSet, Preprocess, train_transform, working_si
 from imgclf.evaluation.metrics import predict_logits
 from imgclf.inference.predictor import Predictor
 from imgclf.models import build_model
-from imgclf.training.checkpoint import load_checkpoint, model_from_checkpoint
+from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
 from imgclf.training.staged import extract_features, train_head
 
 SHAPES = [(48, 36), (36, 60), (40, 40), (80, 45)]  # (width, height): landscape, portrait, square, wide

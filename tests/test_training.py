@@ -20,8 +20,8 @@ from imgclf.data.loaders import BatchAugment
 from imgclf.errors import TrainingDiverged
 from imgclf.evaluation.evaluate import evaluate_checkpoint
 from imgclf.evaluation.metrics import tta_logits
+from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
 from imgclf.training.callbacks import Callback
-from imgclf.training.checkpoint import load_checkpoint, model_from_checkpoint
 from imgclf.training.run import train
 from imgclf.training.schedules import lr_multiplier
 

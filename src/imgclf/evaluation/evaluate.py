@@ -9,8 +9,8 @@ from imgclf.data.loaders import eval_batch_size, make_loader
 from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import predict_logits, summarize
+from imgclf.models.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
 from imgclf.runtime import resolve_device
-from imgclf.training.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
 from imgclf.training.run import load_data
 
 

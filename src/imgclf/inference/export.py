@@ -24,7 +24,7 @@ import torch
 from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
 from imgclf.models import ImageClassifier
-from imgclf.training.checkpoint import load_checkpoint, model_from_checkpoint
+from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
 
 ONNX_FORMAT = "imgclf-onnx-v1"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"

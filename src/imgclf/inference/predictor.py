@@ -11,8 +11,8 @@ import torch
 
 from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
+from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
 from imgclf.runtime import resolve_device
-from imgclf.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 Backend = Callable[[torch.Tensor], np.ndarray]  # float (N, 3, S, S) in [0, 1] -> logits (N, C)
 

@@ -21,10 +21,10 @@ from imgclf.data.photos import Preprocess, train_transform
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits, summarize
 from imgclf.models import build_model
+from imgclf.models.checkpoint import checkpoint_config, load_checkpoint
 from imgclf.runtime import resolve_amp, resolve_device, seed_everything
 from imgclf.training import callbacks as cb
 from imgclf.training import distributed
-from imgclf.training.checkpoint import checkpoint_config, load_checkpoint
 from imgclf.training.optim import build_optimizer
 from imgclf.training.plan import optimizer_groups, plan_finetune
 from imgclf.training.staged import stage_head

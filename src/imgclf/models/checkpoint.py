@@ -1,0 +1,43 @@
+"""Reading a checkpoint: the file, its config, and the model it holds. The reading side lives with the
+models, not the trainer, so evaluation and serving need no training code (training/checkpoint.py writes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgclf.config import TrainConfig, from_dict
+from imgclf.errors import UserError
+from imgclf.models.base import ImageClassifier
+from imgclf.models.registry import build_model
+
+FORMAT = "imgclf-checkpoint-v1"
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint; anything that is not one is a user error, not a traceback."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        # Our own files: the config and RNG states need full unpickling, as with torch's own trainers.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+        raise UserError(f"{path}: not an imgclf checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path}: not an imgclf checkpoint")
+    return ckpt
+
+
+def checkpoint_config(ckpt: dict[str, Any]) -> TrainConfig:
+    return from_dict(ckpt["config"], source="checkpoint config")
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> ImageClassifier:
+    """Rebuild the network a checkpoint was trained with and load its weights (no pretrained download)."""
+    cfg = checkpoint_config(ckpt)
+    model = build_model(cfg.model, len(ckpt["classes"]), dropout=cfg.dropout, width=cfg.width)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
