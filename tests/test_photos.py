@@ -4,6 +4,7 @@ evaluate / predict / serve / ONNX, and the cached-feature head equal to training
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from imgclf.evaluation.metrics import predict_logits
 from imgclf.inference.predictor import Predictor
 from imgclf.models import build_model
 from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
+from imgclf.training.callbacks import Callback
 from imgclf.training.staged import extract_features, train_head
 
 SHAPES = [(48, 36), (36, 60), (40, 40), (80, 45)]  # (width, height): landscape, portrait, square, wide
@@ -147,3 +149,27 @@ def test_cached_features_train_the_same_head_as_the_frozen_network() -> None:
     for a, b in zip(cached_head.parameters(), direct_head.parameters(), strict=True):
         assert not torch.equal(a, torch.zeros_like(a)) or a.ndim == 1
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+class _StopAfterFirstEpoch(Callback):
+    def on_epoch_end(self, trainer: Any, row: dict[str, Any]) -> None:
+        trainer.stop_reason = "stopped for the test"
+
+
+def test_staged_fine_tuning_on_photos_resumes_bitwise(photo_folder: Path, tmp_path: Path) -> None:
+    """Head on cached features, then the top group with per-image augmentation: 2 epochs straight equal
+    1 epoch + resume, bit for bit, and the plan is recorded in config.yaml and metrics.json."""
+    from imgclf.training.run import train
+
+    weights = tmp_path / "start.pt"
+    torch.save(build_model("tiny", 3).state_dict(), weights)
+    base = TrainConfig(data=str(photo_folder), model="tiny", weights=str(weights), epochs=2, batch_size=8,
+                       image_size=24, quiet=True, device="cpu", unfreeze_groups=1, head_epochs=3)
+    straight = train(base.replace(out=str(tmp_path / "a")))
+    train(base.replace(out=str(tmp_path / "b")), extra_callbacks=[_StopAfterFirstEpoch()])
+    train(base, resume=str(tmp_path / "b" / "checkpoints" / "last.pt"))
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert straight.metrics["staged"]["unfreeze_groups"] == 1 and straight.metrics["staged"]["head"]["views"] == 1
+    assert "strategy: staged" in (tmp_path / "a" / "config.yaml").read_text()
