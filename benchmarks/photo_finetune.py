@@ -38,7 +38,7 @@ def compare(data: str | Path, out: Path, variants: dict[str, dict[str, Any]] | N
     import yaml
 
     from imgclf.config import TrainConfig
-    from imgclf.reporting.compare import run_compare
+    from imgclf.experiments.compare import run_compare
 
     variants_file = None
     if variants:

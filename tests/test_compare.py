@@ -13,8 +13,8 @@ from conftest import make_folder
 from imgclf.cli import main
 from imgclf.config import TrainConfig
 from imgclf.errors import UserError
-from imgclf.reporting import compare
-from imgclf.reporting.compare import approach_of, load_preset, plan_runs, run_compare
+from imgclf.experiments import compare
+from imgclf.experiments.compare import approach_of, load_preset, plan_runs, run_compare
 
 RUN_FIELDS = {"name", "approach", "train_fraction", "val_accuracy", "test_accuracy", "train_seconds", "run_dir"}
 DATA_URI = re.compile(r'src="data:image/png;base64,[A-Za-z0-9+/=]+"')

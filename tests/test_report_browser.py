@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import make_folder
 from imgclf.config import TrainConfig
-from imgclf.reporting.compare import run_compare
+from imgclf.experiments.compare import run_compare
 from imgclf.reporting.report import write_report
 from test_report import fake_run
 

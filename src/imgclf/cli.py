@@ -126,7 +126,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from imgclf.reporting.compare import run_compare
+    from imgclf.experiments.compare import run_compare
 
     base = config_from_args(args)
     result = run_compare(base, out=args.out_dir, preset=args.preset, variants_file=args.variants,

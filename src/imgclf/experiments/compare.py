@@ -1,7 +1,7 @@
 """`imgclf compare`: train variants on one split with one budget; say which wins, by how much, at what cost.
 
 One mechanism serves every study: a variant is a name and a set of TrainConfig overrides. Presets are
-shipped variant sets (reporting/preset_NAME.yaml): `transfer` (from scratch vs fine-tuning) and
+shipped variant sets (experiments/preset_NAME.yaml): `transfer` (from scratch vs fine-tuning) and
 `regularization` (each regularizer against none). `--variants FILE.yaml` brings your own, and
 `--fractions` repeats every variant on stratified shares of the training set (a data-efficiency curve).
 The data is decoded once per distinct decoding and handed to every run, and all runs are scored on
@@ -36,7 +36,7 @@ _DATA_KEYS = ("data", "data_dir", "val_fraction", "seed", "loader")
 # -- variants ----------------------------------------------------------------------------------------------
 
 def available_presets() -> list[str]:
-    folder = resources.files("imgclf") / "reporting"
+    folder = resources.files("imgclf") / "experiments"
     return sorted(p.name.removeprefix("preset_").removesuffix(".yaml") for p in folder.iterdir()
                   if p.name.startswith("preset_") and p.name.endswith(".yaml"))
 
@@ -47,7 +47,7 @@ IF_UNSET = "if_unset"  # a variant's soft overrides: they apply only where the u
 def load_preset(name: str) -> dict[str, Any]:
     """A shipped preset: {description, reference, base_if_unset, variants: {name: overrides}}; a variant's
     `if_unset` mapping holds values that yield to the user's own (an explicit --image-size, say)."""
-    path = resources.files("imgclf") / "reporting" / f"preset_{name}.yaml"
+    path = resources.files("imgclf") / "experiments" / f"preset_{name}.yaml"
     if not path.is_file():
         raise UserError(f"unknown preset {name!r}; available: {', '.join(available_presets())}")
     preset = yaml.safe_load(path.read_text()) or {}

@@ -1,0 +1,1 @@
+"""What trains several runs: compare (presets, variants, fractions) on one split with one budget."""
