@@ -66,7 +66,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-pad", dest="crop_pad", type=int, default=None, help="random-translate padding (0: off)")
     p.add_argument("--cutout", dest="cutout", type=int, default=None, help="cutout square side (0: off)")
     p.add_argument("--config", help="YAML file of config keys")
-    p.add_argument("--recipe", help="a recipe shipped with imgclf (for example speedrun)")
+    p.add_argument("--recipe", help="a recipe shipped with imgclf, applied under your own flags (`imgclf recipes`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, value parsed as YAML; repeatable")
 
@@ -192,6 +192,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from imgclf.config import list_recipes
+
+    for name, summary in list_recipes().items():
+        print(f"{name:<16} {summary}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgclf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -285,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the model names")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("recipes", help="list the shipped recipes (--recipe NAME)")
+    p.set_defaults(func=_cmd_recipes)
     return parser
 
 

@@ -115,13 +115,26 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def list_recipes() -> dict[str, str]:
+    """The recipes shipped with the package (src/imgclf/recipes/NAME.yaml), each with its first comment line."""
+    folder = resources.files("imgclf") / "recipes"
+    found = {}
+    for path in sorted(folder.iterdir(), key=lambda p: p.name) if folder.is_dir() else []:
+        if path.name.endswith(".yaml"):
+            first = (path.read_text().splitlines() or [""])[0]
+            found[path.name.removesuffix(".yaml")] = first.lstrip("# ").strip()
+    return found
+
+
 def recipe_values(name: str) -> dict[str, Any]:
-    """The overrides of a recipe shipped with the package (src/imgclf/recipes/NAME.yaml)."""
-    path = resources.files("imgclf") / "recipes" / f"{name}.yaml"
-    if not path.is_file():
-        available = sorted(p.name.removesuffix(".yaml") for p in (resources.files("imgclf") / "recipes").iterdir())
-        raise UserError(f"unknown recipe {name!r}; available: {', '.join(available)}")
-    return yaml.safe_load(path.read_text()) or {}
+    """The config overrides of a shipped recipe; an unknown name is a user error that lists the known ones."""
+    recipes = list_recipes()
+    if name not in recipes:
+        raise UserError(f"unknown recipe {name!r}; available: {', '.join(recipes) or 'none'} (see `imgclf recipes`)")
+    values = yaml.safe_load((resources.files("imgclf") / "recipes" / f"{name}.yaml").read_text()) or {}
+    if not isinstance(values, dict):
+        raise UserError(f"recipe {name!r} is not a mapping of config keys")
+    return values
 
 
 _CHOICES = {
