@@ -1,4 +1,4 @@
-"""Shipped recipes: listed with a line each, applied under the user's own flags, unknown names refused."""
+"""Shipped recipes (listed, applied under the user's flags, unknown names refused) and option checks."""
 
 from __future__ import annotations
 
@@ -40,3 +40,17 @@ def test_recipes_command_and_unknown_recipe(args: list[str], expected: str) -> N
     assert result.returncode == (0 if args == ["recipes"] else 2)
     if result.returncode:
         assert out.count("\n") == 1 and "Traceback" not in out
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["train", "--data", "digits", "--optimizer", "adam"], "optimizer must be one of adamw, sgd, got 'adam'"),
+    (["train", "--data", "digits", "--epochs", "-1"], "epochs must be at least 1, got -1"),
+])
+def test_bad_choices_name_only_the_bad_option(args: list[str], expected: str) -> None:
+    result = imgclf(*args)
+    assert result.returncode == 2 and expected in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_version() -> None:
+    result = imgclf("--version")
+    assert result.returncode == 0 and result.stdout.startswith("imgclf ")

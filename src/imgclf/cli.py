@@ -201,7 +201,15 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgclf", description=__doc__.splitlines()[0])
+    from importlib.metadata import PackageNotFoundError, version
+
+    parser = argparse.ArgumentParser(
+        prog="imgclf", description="Train image classifiers from scratch or by fine-tuning a pretrained network, "
+        "compare them, and serve the winner. `imgclf COMMAND --help` for each command.")
+    try:
+        parser.add_argument("--version", action="version", version=f"imgclf {version('imgclf')}")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        parser.add_argument("--version", action="version", version="imgclf (not installed)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model; writes a run directory")

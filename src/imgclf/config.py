@@ -153,7 +153,8 @@ def _check(cfg: TrainConfig, source: str) -> None:
     for name, allowed in _CHOICES.items():
         value = getattr(cfg, name)
         if value not in allowed and not (name == "device" and str(value).startswith("cuda:")):
-            raise UserError(f"{source}: {name} must be one of {sorted(allowed)}, got {value!r}")
+            names = ", ".join(sorted(str(a) for a in allowed if a is not None))
+            raise UserError(f"{source}: {name} must be one of {names}, got {value!r}")
     for f in fields(TrainConfig):
         value = getattr(cfg, f.name)
         if value is None:
@@ -164,8 +165,9 @@ def _check(cfg: TrainConfig, source: str) -> None:
             raise UserError(f"{source}: {f.name} must be a number, got {value!r}")
         if f.type in ("bool", "bool | None") and not isinstance(value, bool):
             raise UserError(f"{source}: {f.name} must be true or false, got {value!r}")
-    if (cfg.epochs is not None and cfg.epochs < 1) or (cfg.batch_size is not None and cfg.batch_size < 1):
-        raise UserError(f"{source}: epochs and batch_size must be at least 1")
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise UserError(f"{source}: {name} must be at least 1, got {getattr(cfg, name)}")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise UserError(f"{source}: val_fraction must be between 0 and 1")
     if not 0.0 < cfg.train_fraction <= 1.0:
