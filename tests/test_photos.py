@@ -173,3 +173,19 @@ def test_staged_fine_tuning_on_photos_resumes_bitwise(photo_folder: Path, tmp_pa
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert straight.metrics["staged"]["unfreeze_groups"] == 1 and straight.metrics["staged"]["head"]["views"] == 1
     assert "strategy: staged" in (tmp_path / "a" / "config.yaml").read_text()
+
+
+def test_streamed_training_skips_and_names_an_unreadable_file(photo_folder: Path, tmp_path: Path,
+                                                              capfd: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from imgclf.training.run import train
+
+    root = tmp_path / "data"
+    shutil.copytree(photo_folder, root)
+    (root / "train" / "class_1" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    result = train(TrainConfig(data=str(root), model="tiny", epochs=1, batch_size=1, image_size=24, quiet=True,
+                               device="cpu", loader="stream", num_workers=0, out=str(tmp_path / "run")))
+    assert result.metrics["epochs_run"] == 1 and result.metrics["test_accuracy"] is not None
+    err = capfd.readouterr().err
+    assert "skipped" in err and "broken.jpg" in err and "Traceback" not in err

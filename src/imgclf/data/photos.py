@@ -15,6 +15,7 @@ training crop can come from anywhere in the photo) and then:
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 
 from imgclf.data.decode import decode_image
@@ -188,12 +189,20 @@ class PhotoDataset(Dataset):
             return self.data.images[i]
         return self.preprocess.decode(self.data.paths[i])
 
-    def __getitem__(self, item: tuple[int, int | None]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int | None]) -> tuple[torch.Tensor, int] | None:
+        """None for a file that does not decode (streamed data): the batch goes on without it, and the
+        file is named on stderr."""
         i, seed = item
         label = int(self.data.labels[i])
+        try:
+            image = self.image(i)
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for a corrupt or non-image file
+            print(f"imgclf: warning: skipped {self.data.paths[i]}: not a readable image ({exc.__class__.__name__})",
+                  file=sys.stderr)
+            return None
         if seed is None or self.augment is None:
-            return self.preprocess.view(self.image(i)), label
-        chw = torch.from_numpy(np.ascontiguousarray(self.image(i))).permute(2, 0, 1)
+            return self.preprocess.view(image), label
+        chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             out = self.augment(chw)
@@ -207,12 +216,20 @@ def seeded_batches(order: list[int], batch_size: int, num_batches: int, seed: in
     return [items[b * batch_size:(b + 1) * batch_size] for b in range(num_batches)]
 
 
+def _collate_readable(items: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    kept = [item for item in items if item is not None]
+    return default_collate(kept) if kept else None
+
+
 def iterate_photos(dataset: PhotoDataset, batches: list[list[tuple[int, int | None]]], device: torch.device,
                    channels_last: bool, num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Float NCHW batches on `device`; decoding and augmentation in `num_workers` processes (0: here)."""
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate_readable,
                         pin_memory=device.type == "cuda", persistent_workers=False)
-    for x, y in loader:
+    for batch in loader:
+        if batch is None:  # every file of the batch was unreadable
+            continue
+        x, y = batch
         x = x.to(device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
         yield x, y.to(device, non_blocking=True)
