@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' synthetic-folder helper
 
 from _common import median  # noqa: E402
-from conftest import free_port, make_folder, stop_process  # noqa: E402
+from helpers import free_port, make_folder, stop_process  # noqa: E402
 
 
 def make_checkpoint(work: Path, model: str, size: int, width: float) -> Path:

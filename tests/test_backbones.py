@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from conftest import imgclf
+from helpers import imgclf
 from imgclf.errors import UserError
 from imgclf.models import build_model, model_entry
 from imgclf.models import pretrained as lite

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import imgclf, make_folder
+from helpers import imgclf, make_folder
 
 
 @pytest.fixture(scope="module")

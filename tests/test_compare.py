@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import make_folder
+from helpers import make_folder
 from imgclf.cli import main
 from imgclf.config import TrainConfig
 from imgclf.errors import UserError

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_folder
+from helpers import make_folder
 from imgclf.data import load_splits
 from imgclf.data.photos import PhotoSet
 from imgclf.errors import UserError

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_folder
+from helpers import make_folder
 from imgclf.models.checkpoint import load_checkpoint
 
 

@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import free_port, imgclf
+from helpers import free_port, imgclf
 from imgclf.errors import UserError
 from imgclf.inference import export as export_mod
 from imgclf.inference.batching import MicroBatcher

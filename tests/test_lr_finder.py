@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_folder
+from helpers import make_folder
 from imgclf.cli import main
 from imgclf.data import load_splits
 from imgclf.data.loaders import BatchAugment, make_loader

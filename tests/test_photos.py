@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import class_image
+from helpers import class_image
 from imgclf.config import TrainConfig
 from imgclf.data import load_splits
 from imgclf.data.imageset import ImageSet

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from conftest import imgclf
+from helpers import imgclf
 from imgclf.cli import add_train_options, config_from_args
 from imgclf.config import list_recipes
 

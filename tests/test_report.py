@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_folder
+from helpers import make_folder
 from imgclf.cli import main
 from imgclf.config import TrainConfig
 from imgclf.errors import UserError

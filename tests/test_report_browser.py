@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_folder
+from helpers import make_folder
 from imgclf.config import TrainConfig
 from imgclf.experiments.compare import run_compare
 from imgclf.reporting.report import write_report

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import free_port, imgclf, stop_process
+from helpers import free_port, imgclf, stop_process
 
 API_KEY = "s3cret-key"
 MAX_UPLOAD = 1_000_000

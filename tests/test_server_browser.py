@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import real_images, stop_process, tiny_checkpoint
+from helpers import real_images, stop_process, tiny_checkpoint
 from test_server import start_server
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")

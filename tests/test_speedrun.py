@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import require_cifar
+from helpers import require_cifar
 from imgclf.data import ImageSet, load_splits
 from imgclf.data.imageset import stratified_subset
 from imgclf.training.speedrun import (

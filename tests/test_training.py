@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_folder, require_cifar
+from helpers import make_folder, require_cifar
 from imgclf.config import TrainConfig
 from imgclf.data.loaders import BatchAugment
 from imgclf.errors import TrainingDiverged

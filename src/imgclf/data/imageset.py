@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,6 @@ class Splits:
     val: ImageSet | FileSet
     test: ImageSet | FileSet | None
     source: str = ""
-    notes: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:

@@ -169,7 +169,7 @@ def thin(splits: Any, cfg: TrainConfig) -> Any:
     size = len(splits.train) if cfg.subset is None else min(cfg.subset, len(splits.train))
     size = max(1, round(size * cfg.train_fraction))
     train = splits.train.take(stratified_subset(splits.train.labels, size, cfg.seed))
-    return Splits(train, splits.val, splits.test, splits.source, list(splits.notes))
+    return Splits(train, splits.val, splits.test, splits.source)
 
 
 PLATEAU_MAX_EPOCHS = 200  # --early-stop N without --budget or --epochs: train until the plateau, within this
@@ -323,30 +323,6 @@ def _verdict(comparison: dict[str, Any]) -> str:
         text += f" Left out because training diverged: {', '.join(failed)}."
     return text
 
-
-def rewrite_comparison_report(out: str | Path) -> Path:
-    """Render DIR/report.{md,html} again from DIR/comparison.json and the run directories (no training)."""
-    from imgclf.evaluation.diagnosis import read_history
-
-    out = Path(out)
-    path = out / "comparison.json"
-    if not path.is_file():
-        raise UserError(f"{path} not found; run `imgclf compare` first")
-    comparison = json.loads(path.read_text())
-    if "eval_images" in comparison:  # the verdict's wording may have improved since: say it again
-        comparison["verdict"] = _verdict(comparison)
-        path.write_text(json.dumps(comparison, indent=2))
-    histories, per_class = {}, {}
-    for r in comparison["runs"]:
-        if r.get("error"):
-            continue
-        run_dir = Path(r["run_dir"])
-        histories[r["name"]] = read_history(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else []
-        per_class[r["name"]] = _per_class_accuracy(run_dir, comparison["split"], len(comparison["classes"]))
-    return write_comparison_report(out, comparison, histories, per_class)
-
-
-# -- reading the results -----------------------------------------------------------------------------------
 
 def _score(record: dict[str, Any], split: str) -> float:
     value = record["test_accuracy"] if split == "test" else record["val_accuracy"]

@@ -157,7 +157,7 @@ def _write_atomic(data: bytes, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> dict[str, Any]:
+def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> dict[str, Any]:
     """Export a checkpoint to one ONNX file (dynamic batch axis, metadata inside), verified against torch.
 
     Nothing is written unless ONNX Runtime reproduces the torch logits within TOLERANCE, so a file at

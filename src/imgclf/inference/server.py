@@ -393,7 +393,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(checkpoint: str | None = None, onnx: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None, max_batch_size: int = 32, max_wait_ms: float = 5.0,
+          api_key: str | None = None, max_batch_size: int = 32, max_wait_ms: float = 10.0,
           max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = 40_000_000, max_files: int = 64,
           device: str = "auto") -> None:
     """Load the model, then serve it until interrupted (uvicorn, one process, access log off for speed).

@@ -49,7 +49,3 @@ class ImageClassifier(nn.Module):
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Backbone parameter groups, input side first (the head is not among them)."""
         return [list(g.parameters()) for g in self._groups]
-
-    def reset_head(self, num_classes: int) -> None:
-        """A fresh classifier for a new task's classes."""
-        self.head[-1] = classifier(self.head[-1].in_features, num_classes)
