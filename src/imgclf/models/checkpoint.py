@@ -22,12 +22,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        # Our own files: the config and RNG states need full unpickling, as with torch's own trainers.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
-        raise UserError(f"{path}: not an imgclf checkpoint ({exc.__class__.__name__})") from None
+        # weights_only: tensors and plain containers only, so a file carrying pickled code never runs it
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated, foreign or unsafe file
+        raise UserError(f"{path}: not an imgclf checkpoint, or one that holds more than tensors and plain "
+                        f"values ({exc.__class__.__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path}: not an imgclf checkpoint")
+    missing = [k for k in ("model", "config", "classes") if k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: an imgclf checkpoint without {', '.join(missing)}")
     return ckpt
 
 
@@ -39,5 +43,10 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> ImageClassifier:
     """Rebuild the network a checkpoint was trained with and load its weights (no pretrained download)."""
     cfg = checkpoint_config(ckpt)
     model = build_model(cfg.model, len(ckpt["classes"]), dropout=cfg.dropout, width=cfg.width)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        detail = (str(exc).strip().splitlines() or ["?"])[-1].strip()[:200]
+        raise UserError(f"checkpoint weights do not fit {cfg.model} with {len(ckpt['classes'])} classes: "
+                        f"{detail}") from None
     return model.eval()
