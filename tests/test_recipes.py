@@ -45,6 +45,7 @@ def test_recipes_command_and_unknown_recipe(args: list[str], expected: str) -> N
 @pytest.mark.parametrize(("args", "expected"), [
     (["train", "--data", "digits", "--optimizer", "adam"], "optimizer must be one of adamw, sgd, got 'adam'"),
     (["train", "--data", "digits", "--epochs", "-1"], "epochs must be at least 1, got -1"),
+    (["train", "--data", "digits", "--resize", "fill"], "resize must be one of crop, pad, squash, got 'fill'"),
 ])
 def test_bad_choices_name_only_the_bad_option(args: list[str], expected: str) -> None:
     result = imgclf(*args)

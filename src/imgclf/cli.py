@@ -32,7 +32,10 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--schedule", "schedule", str, "onecycle | cosine | step | linear | constant"),
     ("--label-smoothing", "label_smoothing", float, "label smoothing"),
     ("--dropout", "dropout", float, "dropout before the classifier"),
-    ("--image-size", "image_size", int, "model input size in pixels"),
+    ("--image-size", "image_size", int, "model input size in pixels (default: the pretrained weights' own, else "
+     "the data's, 64 for photos)"),
+    ("--resize", "resize", str, "photos at evaluation and inference: crop (short side, centre 0.875; default) | pad "
+     "(whole photo, letterboxed) | squash (whole photo, stretched)"),
     ("--val-fraction", "val_fraction", float, "share of train held out for validation"),
     ("--subset", "subset", int, "use at most N training images"),
     ("--train-fraction", "train_fraction", float, "use this share of the training images"),
