@@ -135,7 +135,7 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
         callbacks += [cb.HistoryCSV(run_dir / "history.csv"), cb.LRMonitor(run_dir / "lr_schedule.csv"),
                       cb.Checkpointer(run_dir / "checkpoints"), cb.ProgressBar(False if cfg.quiet else None)]
     callbacks += extra_callbacks or []
-    head_seconds = (extra.get("staged") or {}).get("head", {}).get("seconds", 0.0)
+    head_seconds = (extra.get("staged") or {}).get("seconds", 0.0)  # ran before the Trainer's clock
     trainer = Trainer(model, cfg, train_loader, val_loader, optimizer=optimizer,
                       max_epochs=cfg.epochs or UNBOUNDED_EPOCHS, classes=classes, callbacks=callbacks,
                       amp_dtype=amp_dtype, train_model=train_model, is_main=dist.is_main,

@@ -35,7 +35,7 @@ HEAD_LR = 3e-3  # AdamW on cached features; the head is linear, so a high LR wit
 HEAD_BATCH = 64
 MAX_HEAD_SHARE = 0.3  # under a time budget the head phase (feature extraction) takes at most this share
 MIN_TOP_EPOCHS = 4  # the top phase unfreezes only as deep as still fits this many epochs in its budget
-PROBE_STEPS = 2  # timed training steps per candidate depth (after one untimed)
+PROBE_STEPS = 1  # timed training steps per candidate depth (after one untimed)
 
 
 @dataclass
@@ -140,14 +140,16 @@ def choose_depth(model: ImageClassifier, batches: Iterable[tuple[torch.Tensor, t
                  ) -> tuple[int, dict[int, float]]:
     """The deepest unfreezing whose measured training rate fits MIN_TOP_EPOCHS epochs in `budget` seconds.
 
-    Each candidate depth is timed on real batches with forward and backward only (no optimizer step, so
-    nothing changes); returns the depth and the measured images per second by depth.
+    Depths are timed from the head down (shallow ones are the cheap ones to time) on real batches, forward
+    and backward only (no optimizer step, so nothing changes), until one no longer fits; returns the depth
+    (0: none fits) and the measured images per second by depth.
     """
     it = iter(batches)
     sample = [next(it) for _ in range(PROBE_STEPS + 1)]
     need = MIN_TOP_EPOCHS * num_train
     rates: dict[int, float] = {}
-    for depth in range(len(unwrap(model).layer_groups()), 0, -1):
+    chosen = 0
+    for depth in range(1, len(unwrap(model).layer_groups()) + 1):
         set_trainable_top(model, depth)
         model.train()
         images, elapsed = 0, 0.0
@@ -161,9 +163,10 @@ def choose_depth(model: ImageClassifier, batches: Iterable[tuple[torch.Tensor, t
                 images += len(y)
         model.zero_grad(set_to_none=True)
         rates[depth] = images / max(elapsed, 1e-9)
-        if rates[depth] * budget >= need:
-            return depth, rates
-    return 0, rates
+        if rates[depth] * budget < need:
+            break
+        chosen = depth
+    return chosen, rates
 
 
 class StagedUnfreeze(Callback):
@@ -190,6 +193,7 @@ def stage_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, train_
 
     `clean` yields the training images in their evaluation view; `train_loader` the augmented ones.
     """
+    started = time.perf_counter()
     freeze_backbone(model)
 
     def augmented(view: int) -> Iterable:
@@ -207,7 +211,8 @@ def stage_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, train_
         set_trainable_top(model, 0)
     groups = len(model.layer_groups())
     plan = {"head": report.to_dict(), "unfreeze_groups": depth, "groups": groups,
-            "top_images_per_second": {str(k): round(v, 1) for k, v in rates.items()}}
+            "top_images_per_second": {str(k): round(v, 1) for k, v in rates.items()},
+            "seconds": round(time.perf_counter() - started, 3)}  # head phase and depth probing: part of the budget
     if announce:
         measured = f" (measured img/s by depth: {plan['top_images_per_second']})" if rates else ""
         print(f"imgclf: staged fine-tuning: head trained on {report.views} view(s) of {num_train} images in "
