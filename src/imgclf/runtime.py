@@ -34,16 +34,9 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_amp(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `cfg.amp` / `cfg.amp_dtype` on `device`, or None for fp32.
-
-    Default (`amp` None): on for CUDA; on CPUs with native bf16, bf16 for the from-scratch nets (about 2x
-    faster there) but not for pretrained EfficientNet (its depthwise convs run 10-30 % slower in bf16).
-    On a CPU it is always bf16 (fp16 autocast there is slow and needs no scaler).
-    """
-    enabled = cfg.amp
-    if enabled is None:
-        enabled = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16() and not cfg.pretrained)
-    if not enabled:
+    """The autocast dtype of a config that went through `imgclf.config.resolve` (which decides whether amp is
+    on), or None for fp32. On a CPU it is always bf16 (fp16 autocast there is slow and needs no scaler)."""
+    if not cfg.amp:
         return None
     if device.type == "cpu":
         return torch.bfloat16

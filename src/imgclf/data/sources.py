@@ -22,6 +22,7 @@ from imgclf.errors import UserError
 
 CACHE_VERSION = 2  # 2: photos keep their aspect ratio
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
+DEFAULT_PHOTO_INPUT = 64  # photos from scratch when no --image-size is given: small nets train fast at 64 px
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
@@ -260,9 +261,6 @@ def _decode_tree(path: Path, image_size: int | None) -> tuple[dict[str, ImageSet
         else:
             parts[split] = PhotoSet(images, y, classes, input_size)
     return parts, len(skipped)
-
-
-DEFAULT_PHOTO_INPUT = 64  # photos from scratch when no --image-size is given: small nets train fast at 64 px
 
 
 def _try_decode(source: bytes | Path, short_side: int | None) -> np.ndarray | None:

@@ -153,10 +153,9 @@ def plan_runs(base: TrainConfig, variants: dict[str, dict[str, Any]], out: Path,
 # -- running -----------------------------------------------------------------------------------------------
 
 def _decode_key(cfg: TrainConfig) -> tuple[Any, ...]:
-    from imgclf.models import model_entry
+    from imgclf.config import data_input_size
 
-    size = cfg.image_size or (model_entry(cfg.model).default_image_size if cfg.pretrained else None)
-    return (*(getattr(cfg, k) for k in _DATA_KEYS), size)
+    return (*(getattr(cfg, k) for k in _DATA_KEYS), data_input_size(cfg))
 
 
 def thin(splits: Any, cfg: TrainConfig) -> Any:
@@ -200,15 +199,15 @@ def derived_budget(plans: list[Plan], shared: dict[tuple[Any, ...], Any]) -> flo
     return float(min(max(BUDGET_EPOCH_PASSES * num_train / rate, BUDGET_RANGE[0]), BUDGET_RANGE[1]))
 
 
-def _clean_train_accuracy(model: Any, train_set: Any, cfg: TrainConfig, input_size: int) -> float:
-    """Accuracy on the training images as the model sees test images: no augmentation, eval mode."""
-    from imgclf.data.loaders import eval_batch_size, make_loader
+def _clean_train_accuracy(model: Any, train_set: Any, cfg: TrainConfig) -> float:
+    """Accuracy on the training images as the model sees test images (the run's resolved `cfg`): no
+    augmentation, eval mode."""
     from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits
     from imgclf.runtime import resolve_amp
+    from imgclf.training.run import eval_loader_for
 
     device = next(model.parameters()).device
-    loader = make_loader(train_set, eval_batch_size(input_size, device), device, train=False, input_size=input_size,
-                         channels_last=cfg.channels_last, num_workers=cfg.num_workers)
+    loader = eval_loader_for(cfg, train_set, device)
     return loss_and_accuracy(*predict_logits(model, loader, amp_dtype=resolve_amp(cfg, device)))[1]
 
 
@@ -289,7 +288,7 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
             "peak_rss_mb": m.get("peak_rss_mb"),  # of the process so far: runs share it, so it only grows
         }
         if preset_name == "regularization":
-            record["train_accuracy"] = _clean_train_accuracy(result.model, splits.train, plan.cfg, m["input_size"])
+            record["train_accuracy"] = _clean_train_accuracy(result.model, splits.train, result.config)
             record["train_val_gap"] = record["train_accuracy"] - m["val_accuracy"]
         records.append(record)
         histories[plan.name] = result.history

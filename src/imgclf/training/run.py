@@ -40,6 +40,7 @@ class TrainResult:
     metrics: dict[str, Any]
     model: torch.nn.Module
     history: list[dict[str, Any]]
+    config: TrainConfig  # as resolved: what config.yaml records
 
 
 def load_data(cfg: TrainConfig) -> Splits:
@@ -162,7 +163,7 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     if dist.is_main:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     dist.teardown()
-    return TrainResult(run_dir, metrics, model, trainer.history)
+    return TrainResult(run_dir, metrics, model, trainer.history, cfg)
 
 
 def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, amp_dtype: torch.dtype | None,
