@@ -90,3 +90,19 @@ def test_calibration_numbers() -> None:
     assert rel.ece > 0.1 and "overconfident" in cal.describe(rel)
     assert sum(rel.counts) == len(labels)
     assert cal.fit_temperature(sharp, labels) == pytest.approx(3.0, rel=0.15)
+
+
+def test_augmentation_advice_follows_the_data_path() -> None:
+    """Cutout only reaches small square images; a photo run is told about its own augmentation knobs."""
+    train_acc = [0.40, 0.55, 0.66, 0.75, 0.82, 0.88, 0.92, 0.95, 0.97, 0.98, 0.99, 0.995]
+    val_acc = [0.42, 0.55, 0.63, 0.68, 0.71, 0.73, 0.74, 0.74, 0.73, 0.72, 0.72, 0.71]
+    train_loss = [1.7, 1.3, 1.0, 0.75, 0.55, 0.40, 0.28, 0.18, 0.11, 0.07, 0.05, 0.03]
+    val_loss = [1.6, 1.3, 1.1, 0.95, 0.88, 0.85, 0.88, 0.95, 1.05, 1.15, 1.25, 1.35]
+    runs = history(train_acc, val_acc, train_loss, val_loss)
+    photo = {"crop_fraction": 0.875, "augment_policy": "none", "min_crop_scale": 0.5}
+    steps = " ".join(diagnose(runs, photo).next_steps)
+    assert "augment_policy=trivial" in steps and "--cutout" not in steps
+    steps = " ".join(diagnose(runs, {**photo, "augment_policy": "trivial"}).next_steps)
+    assert "min_crop_scale=0.08" in steps and "--cutout" not in steps
+    squares = " ".join(diagnose(runs, {"crop_fraction": 1.0, "cutout": 8}).next_steps)
+    assert "--cutout 12" in squares

@@ -168,19 +168,37 @@ def diagnose(history: list[dict[str, Any]], config: dict[str, Any] | None = None
     steps = ["Nothing is broken. Further gains come from more (or pretrained) knowledge rather than tuning: "
              "fine-tune a pretrained network (`--model efficientnet_lite0 --pretrained`), collect more data, "
              "or evaluate with flip test-time augmentation (`--tta`).",
-             "A longer run with slightly stronger augmentation (`--cutout 8`) often adds a point or two."]
+             "A longer run with slightly stronger augmentation often adds a point or two"
+             + (f": {_stronger_augmentation(config)}" if _stronger_augmentation(config) else ".")]
     return Diagnosis(WELL_FIT, headline, evidence, steps, numbers)
+
+
+def _stronger_augmentation(config: dict[str, Any]) -> str | None:
+    """The next augmentation step for the run's data path, or None where it is already at full strength.
+
+    Photos (crop fraction under 1) are augmented per image by a random-resized crop and a policy; cutout and
+    translation apply only to small square images (imgclf.data.loaders.BatchAugment).
+    """
+    if float(config.get("crop_fraction") or 1.0) < 1.0:
+        if config.get("augment_policy", "trivial") == "none":
+            return "turn the photo policy on (`--set augment_policy=trivial`)."
+        scale = float(config.get("min_crop_scale", 0.08))
+        return f"crop smaller parts of each photo (`--set min_crop_scale=0.08`, now {scale:g})." if scale > 0.08 \
+            else None
+    cutout = config.get("cutout", 0)
+    if not cutout:
+        return "add cutout (`--cutout 8`) on top of crops and flips."
+    return f"a larger cutout (`--cutout {int(cutout) * 3 // 2}`)."
 
 
 def _overfit_steps(config: dict[str, Any], epochs: int, stop_at: int | None) -> list[str]:
     steps = []
-    crop, flip, cutout = config.get("crop_pad", 4), config.get("flip", True), config.get("cutout", 0)
-    if not crop or not flip:
-        steps.append("Turn on augmentation: `--crop-pad 4 --flip` (random translations and mirror images).")
-    elif not cutout:
-        steps.append("Augment more strongly: add cutout (`--cutout 8`) on top of crops and flips.")
-    else:
-        steps.append(f"Augment more strongly: a larger cutout (`--cutout {int(cutout) * 3 // 2}`).")
+    photos = float(config.get("crop_fraction") or 1.0) < 1.0
+    if not config.get("flip", True) or not (photos or config.get("crop_pad", 4)):
+        steps.append("Turn on augmentation: `--flip`" + ("" if photos else " --crop-pad 4")
+                     + " (mirror images" + ("" if photos else " and random translations") + ").")
+    elif stronger := _stronger_augmentation(config):
+        steps.append(f"Augment more strongly: {stronger}")
     wd = config.get("weight_decay")
     optimizer = config.get("optimizer") or "sgd"
     wd_now = wd if wd is not None else (5e-4 if optimizer == "sgd" else 0.05)

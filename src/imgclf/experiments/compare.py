@@ -196,7 +196,7 @@ def derived_budget(plans: list[Plan], shared: dict[tuple[Any, ...], Any]) -> flo
         tick = time.perf_counter()
         model(x)
         rate = len(x) / (time.perf_counter() - tick)
-    return float(min(max(BUDGET_EPOCH_PASSES * num_train / rate, BUDGET_RANGE[0]), BUDGET_RANGE[1]))
+    return float(round(min(max(BUDGET_EPOCH_PASSES * num_train / rate, BUDGET_RANGE[0]), BUDGET_RANGE[1])))
 
 
 def _clean_train_accuracy(model: Any, train_set: Any, cfg: TrainConfig) -> float:
