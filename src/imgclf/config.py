@@ -12,6 +12,7 @@ import numpy as np
 import yaml
 
 from imgclf.errors import UserError
+from imgclf.fileio import write_text
 
 if TYPE_CHECKING:
     import torch
@@ -81,7 +82,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with `changes` applied, checked like a YAML file would be."""

@@ -19,6 +19,7 @@ from imgclf.data.decode import decode_image
 from imgclf.data.imageset import FileSet, ImageSet, Splits, check_usable, stratified_split, stratified_subset
 from imgclf.data.photos import PhotoSet, is_small_square_set, working_side
 from imgclf.errors import UserError
+from imgclf.fileio import write_with
 
 CACHE_VERSION = 2  # 2: photos keep their aspect ratio
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
@@ -211,10 +212,7 @@ def _write_cache(cache: Path, parts: dict[str, ImageSet | PhotoSet], skipped: in
     for split, part in parts.items():
         fields = part.packed() if isinstance(part, PhotoSet) else {"images": part.images, "labels": part.labels}
         arrays.update({f"{split}_{k}": v for k, v in fields.items()})
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")  # ranks under torchrun may race here
-    np.savez(tmp, meta=json.dumps(meta), **arrays)
-    os.replace(tmp, cache)
+    write_with(cache, lambda f: np.savez(f, meta=json.dumps(meta), **arrays))  # per-pid temp: ranks may race
 
 
 def _read_cache(cache: Path) -> dict[str, ImageSet | PhotoSet]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from imgclf.errors import UserError
+from imgclf.fileio import atomic_file, write_json
 from imgclf.runtime import autocast
 
 
@@ -212,7 +212,7 @@ def run_lr_find(cfg: Any, out: str | Path = "lr_find", start_lr: float = 1e-6, e
     fig = figs.lr_finder(result.lrs, result.losses, result.smoothed, result.suggested_lr, result.min_loss_lr,
                          result.diverged_at)
     plot = figs.save(fig, folder / "lr_find.png")
-    with open(folder / "lr_find.csv", "w", newline="") as f:
+    with atomic_file(folder / "lr_find.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["step", "lr", "loss", "smoothed_loss"])
         writer.writerows((i, f"{a:.6g}", f"{b:.6g}", f"{c:.6g}")
@@ -221,5 +221,5 @@ def run_lr_find(cfg: Any, out: str | Path = "lr_find", start_lr: float = 1e-6, e
                "steepest_lr": result.steepest_lr, "diverged_at": result.diverged_at, "steps_run": len(result.lrs),
                "start_lr": start_lr, "end_lr": end_lr, "model": cfg.model, "optimizer": cfg.optimizer,
                "batch_size": cfg.batch_size, "note": result.note, "plot": str(plot), "csv": str(folder / "lr_find.csv")}
-    (folder / "lr_find.json").write_text(json.dumps(summary, indent=2))
+    write_json(folder / "lr_find.json", summary)
     return summary

@@ -10,7 +10,6 @@ the same validation and test images.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import sys
@@ -25,6 +24,7 @@ import yaml
 
 from imgclf.config import TrainConfig
 from imgclf.errors import TrainingDiverged, UserError
+from imgclf.fileio import write_json
 from imgclf.reporting import figures as figs
 from imgclf.reporting.report import Document
 
@@ -308,7 +308,7 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
                   "runs": records + failed}
     comparison["verdict"] = _verdict(comparison)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.json").write_text(json.dumps(comparison, indent=2))
+    write_json(out / "comparison.json", comparison)
     write_comparison_report(out, comparison, histories, per_class)
     return comparison
 

@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import torch
 
 from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
+from imgclf.fileio import write_bytes
 from imgclf.models import ImageClassifier
 from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -144,19 +144,6 @@ def agrees(check: dict[str, float]) -> bool:
             and check["max_abs_diff"] <= TOLERANCE * max(1.0, check["max_abs_logit"]))
 
 
-def _write_atomic(data: bytes, path: Path) -> None:
-    """Temp file in the same folder + fsync + rename: a reader sees the old file or the new one, whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> dict[str, Any]:
     """Export a checkpoint to one ONNX file (dynamic batch axis, metadata inside), verified against torch.
 
@@ -190,7 +177,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> dic
                         f"at logit scale {check['max_abs_logit']:.3g}, probabilities "
                         f"{check['max_abs_prob_diff']:.3g}; tolerance {TOLERANCE}); {out} was not written")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(data, out)
+    write_bytes(out, data)
     return {
         "onnx": str(out),
         "checkpoint": str(checkpoint),

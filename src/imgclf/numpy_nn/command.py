@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 
 from imgclf.errors import UserError
+from imgclf.fileio import atomic_file, write_json, write_text
 from imgclf.numpy_nn.gradcheck import TOLERANCE, standard_checks
 from imgclf.numpy_nn.losses import SoftmaxCrossEntropy
 from imgclf.numpy_nn.model import Sequential, build_cnn, build_mlp
@@ -118,7 +119,7 @@ def _fmt(value: float) -> str:
 
 
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_file(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(HISTORY_FIELDS)
         for row in history:
@@ -169,8 +170,8 @@ def run_scratch_nn(args: argparse.Namespace) -> int:
         "normalize_mean": [float(v) for v in normalize.mean], "normalize_std": [float(v) for v in normalize.std],
         "out": str(out),
     }
-    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (out / "classes.json").write_text(json.dumps(classes, indent=2))
+    write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    write_json(out / "classes.json", classes)
 
     def report(row: dict[str, float]) -> None:
         print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
@@ -198,6 +199,6 @@ def run_scratch_nn(args: argparse.Namespace) -> int:
         "num_train": int(len(y_train)), "num_val": int(len(y_val)),
         "num_test": int(len(y_test)) if y_test is not None else 0, "num_classes": num_classes,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics)
     print(json.dumps({k: v for k, v in metrics.items() if k != "architecture"}, indent=2))
     return 0

@@ -8,14 +8,13 @@ the code that created it, and an optional JSON "__meta__" (class names, input no
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from imgclf.fileio import write_with
 from imgclf.numpy_nn import activations as _activations  # noqa: F401  (registers the activation layers)
 from imgclf.numpy_nn.layers import LAYER_TYPES, Layer, Parameter
 
@@ -130,15 +129,7 @@ class Sequential(Layer):
         arrays: dict[str, np.ndarray] = dict(self.state_dict())
         arrays["__spec__"] = np.array(json.dumps(self.spec()))
         arrays["__meta__"] = np.array(json.dumps(meta or {}))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_with(path, lambda f: np.savez(f, **arrays))
         return path
 
     @classmethod

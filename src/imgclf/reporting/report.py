@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from imgclf.errors import UserError
 from imgclf.evaluation import calibration as cal
 from imgclf.evaluation.diagnosis import Diagnosis, diagnose, read_history
+from imgclf.fileio import write_text
 from imgclf.reporting import figures as figs
 
 _INLINE_CODE = re.compile(r"`([^`]+)`")
@@ -206,9 +207,9 @@ class Document:
     def write(self, stem: str = "report") -> Path:
         """Write `stem`.md and `stem`.html into the folder; returns the HTML path."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / f"{stem}.md").write_text(self.to_markdown())
+        write_text(self.folder / f"{stem}.md", self.to_markdown())
         out = self.folder / f"{stem}.html"
-        out.write_text(self.to_html())
+        write_text(out, self.to_html())
         return out
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from imgclf.errors import TrainingDiverged
+from imgclf.fileio import atomic_file
 
 if TYPE_CHECKING:
     from imgclf.training.trainer import Trainer
@@ -64,12 +65,10 @@ class HistoryCSV(Callback):
         self.path = path
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_file(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
             writer.writeheader()
             writer.writerows({k: r[k] for k in HISTORY_FIELDS} for r in trainer.history)
-        tmp.replace(self.path)
 
 
 class Checkpointer(Callback):
@@ -114,7 +113,7 @@ class LRMonitor(Callback):
         self.rows.append((trainer.step, trainer.current_lr))
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        with open(self.path, "w", newline="") as f:
+        with atomic_file(self.path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["step", "lr"])
             writer.writerows(self.rows)

@@ -1,8 +1,7 @@
-"""Checkpoints: the full training state, written atomically (temp file + fsync + rename)."""
+"""Checkpoints: the full training state, written atomically (imgclf.fileio)."""
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgclf.fileio import write_with
 from imgclf.models.checkpoint import FORMAT
 
 __all__ = ["FORMAT", "rng_state", "save_atomic", "set_rng_state"]
@@ -40,11 +40,4 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """A kill at any moment leaves either the previous file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_with(path, lambda f: torch.save(obj, f))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import time
@@ -20,6 +19,7 @@ from imgclf.data.loaders import BatchAugment, eval_batch_size, make_loader
 from imgclf.data.photos import Preprocess, train_transform
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits, summarize
+from imgclf.fileio import write_json
 from imgclf.models import build_model
 from imgclf.models.checkpoint import checkpoint_config, load_checkpoint
 from imgclf.runtime import resolve_amp, resolve_device, seed_everything
@@ -148,7 +148,7 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
         trainer.load_state_dict(ckpt)
     elif dist.is_main:
         cfg.to_yaml(run_dir / "config.yaml")
-        (run_dir / "classes.json").write_text(json.dumps(classes))
+        write_json(run_dir / "classes.json", classes)
 
     started = time.perf_counter()
     trainer.fit()
@@ -161,7 +161,7 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     if dist.is_main:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_json(run_dir / "metrics.json", metrics)
     dist.teardown()
     return TrainResult(run_dir, metrics, model, trainer.history, cfg)
 
