@@ -13,8 +13,9 @@ from helpers import make_folder
 from imgclf.cli import main
 from imgclf.config import TrainConfig
 from imgclf.errors import UserError
-from imgclf.experiments import compare
-from imgclf.experiments.compare import approach_of, load_preset, plan_runs, run_compare
+from imgclf.experiments import compare, verdict
+from imgclf.experiments.compare import run_compare
+from imgclf.experiments.variants import Study, approach_of, load_preset, load_variants_file, plan_runs
 
 RUN_FIELDS = {"name", "approach", "train_fraction", "val_accuracy", "test_accuracy", "train_seconds", "run_dir"}
 DATA_URI = re.compile(r'src="data:image/png;base64,[A-Za-z0-9+/=]+"')
@@ -80,15 +81,15 @@ def test_regularization_preset_reports_the_gap(tmp_path: Path) -> None:
 
 def test_transfer_preset_plans_scratch_against_finetune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     preset = load_preset("transfer")
-    assert set(preset["variants"]) == {"scratch", "finetune"}
-    assert preset["variants"]["finetune"] == {"model": "efficientnet_lite2", "pretrained": True, "width": 1.0}
+    assert set(preset.variants) == {"scratch", "finetune"} and preset.judge == "ranking"
+    assert preset.variants["finetune"] == {"model": "efficientnet_lite2", "pretrained": True, "width": 1.0}
     # Fine-tuning runs at the weights' own size (decided at resolution) unless the user gives --image-size.
     for given, expected in ((None, [None, None]), (96, [96, 96])):
-        sized = plan_runs(_base(tmp_path, image_size=given), preset["variants"], tmp_path / "o", None, None)
+        sized = plan_runs(_base(tmp_path, image_size=given), preset.variants, tmp_path / "o", None, None)
         assert [p.cfg.image_size for p in sized] == expected
     # The pretrained model may not be registered yet: plan with a stand-in so this checks only the plan.
-    monkeypatch.setitem(preset["variants"], "finetune", {"model": "tiny", "weights": "w.pt"})
-    plans = plan_runs(_base(tmp_path), preset["variants"], tmp_path / "out", [0.1, 1.0], budget=5.0)
+    monkeypatch.setitem(preset.variants, "finetune", {"model": "tiny", "weights": "w.pt"})
+    plans = plan_runs(_base(tmp_path), preset.variants, tmp_path / "out", [0.1, 1.0], budget=5.0)
     assert [p.name for p in plans] == ["scratch_f0.1", "finetune_f0.1", "scratch_f1", "finetune_f1"]
     assert all(p.cfg.time_budget == 5.0 for p in plans)
     assert [approach_of(p.cfg) for p in plans[:2]] == ["scratch", "finetune"]
@@ -104,11 +105,9 @@ def test_transfer_preset_runs_with_a_stand_in(tmp_path: Path, monkeypatch: pytes
     data = make_folder(tmp_path / "imgs", classes=3, per_class=12, splits=True)
     weights = tmp_path / "tiny.pt"
     torch.save(build_model("tiny", 3).state_dict(), weights)
-    real = compare.load_preset
-
-    def stand_in(name: str) -> dict[str, Any]:
-        preset = real(name)
-        preset["variants"]["finetune"] = {"model": "tiny", "weights": str(weights)}
+    def stand_in(name: str) -> Study:
+        preset = load_preset(name)
+        preset.variants["finetune"] = {"model": "tiny", "weights": str(weights)}
         return preset
 
     monkeypatch.setattr(compare, "load_preset", stand_in)
@@ -129,7 +128,7 @@ def test_bad_variants_fail_before_training(tmp_path: Path, capsys: pytest.Captur
                           ("a: {if_unset: 3}\n", "if_unset must map")]:
         variants.write_text(text)
         with pytest.raises(UserError, match=message):
-            compare.load_variants_file(variants)
+            load_variants_file(variants)
     with pytest.raises(UserError, match="unknown preset"):
         run_compare(_base(data), out, preset="nope")
     with pytest.raises(UserError, match="fractions"):
@@ -146,9 +145,9 @@ def _record(variant: str, train: float, val: float, test: float, seconds: float 
 def test_regularization_verdict_names_what_closed_the_gap() -> None:
     records = [_record("none", 1.00, 0.50, 0.50), _record("augmentation", 0.80, 0.65, 0.64),
                _record("dropout", 0.95, 0.50, 0.49), _record("all", 0.75, 0.68, 0.67)]
-    compare._gap_shares(records, "none")
+    verdict.gap_shares(records, "none")
     assert records[1]["gap_closed"] == pytest.approx(0.7) and records[1]["test_gain"] == pytest.approx(0.14)
-    text = compare.verdict_text(records, "regularization", "none", "test", 10_000)
+    text = verdict.verdict_text(records, "gap", "none", "test", 10_000, combined=["all"])
     assert "gap of 50.0 points" in text and "augmentation closed 70% of it (gap 15.0), test accuracy +14.0" in text
     assert "dropout closed 10% of it (gap 45.0), test accuracy -1.0 (noise)" in text
     assert "dropout closed the gap by fitting the training images less" in text
@@ -159,12 +158,12 @@ def test_transfer_verdict_with_fractions_and_noise() -> None:
     records = [_record("scratch", 0.9, 0.60, 0.30, 5.0, 0.1, images=100),
                _record("finetune", 0.9, 0.80, 0.75, 20.0, 0.1, "finetune", images=100),
                _record("scratch", 0.9, 0.70, 0.70, 50.0), _record("finetune", 0.9, 0.90, 0.90, 200.0, 1.0, "finetune")]
-    text = compare.verdict_text(records, "transfer", "scratch", "test", 10_000)
+    text = verdict.verdict_text(records, "ranking", "scratch", "test", 10_000)
     assert text.startswith("finetune (fastcnn, fine-tuned) wins: 90.0% test accuracy vs 70.0%")
     assert "+20.0 points" in text and "4.0x the training time" in text
     assert "With 10% of the training data (100 images)" in text and "beats scratch on 100%" in text
     tie = [_record("a", 0.9, 0.8, 0.801), _record("b", 0.9, 0.8, 0.800)]
-    assert "within noise" in compare.verdict_text(tie, "custom", "a", "test", 10_000)
+    assert "within noise" in verdict.verdict_text(tie, "ranking", "a", "test", 10_000)
 
 
 def test_same_budget_by_default_or_until_the_plateau(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

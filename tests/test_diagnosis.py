@@ -11,6 +11,7 @@ import pytest
 
 from imgclf.evaluation import calibration as cal
 from imgclf.evaluation.diagnosis import OVERFIT, UNDERFIT, WELL_FIT, diagnose, read_history
+from imgclf.mathutil import softmax
 
 
 def history(train_acc: list[float], val_acc: list[float], train_loss: list[float],
@@ -82,11 +83,11 @@ def test_read_history_round_trip(tmp_path: Path) -> None:
 def test_calibration_numbers() -> None:
     rng = np.random.default_rng(0)
     z = rng.normal(0, 2.0, size=(4000, 5))
-    probs = cal.softmax(z)
+    probs = softmax(z)
     labels = np.array([rng.choice(5, p=p) for p in probs])  # labels drawn from the model's own beliefs
     assert cal.expected_calibration_error(z, labels) < 0.03
     sharp = 3.0 * z  # the same ranking, three times too confident
-    rel = cal.reliability(cal.softmax(sharp), labels)
+    rel = cal.reliability(softmax(sharp), labels)
     assert rel.ece > 0.1 and "overconfident" in cal.describe(rel)
     assert sum(rel.counts) == len(labels)
     assert cal.fit_temperature(sharp, labels) == pytest.approx(3.0, rel=0.15)

@@ -14,7 +14,8 @@ from helpers import make_folder
 from imgclf.cli import main
 from imgclf.config import TrainConfig
 from imgclf.errors import UserError
-from imgclf.reporting.report import confused_pairs, per_class_scores, write_report
+from imgclf.evaluation.scores import class_scores, confused_pairs, per_sample_loss
+from imgclf.reporting.report import write_report
 from imgclf.training.run import load_data
 
 DATA_URI = re.compile(r'src="data:image/png;base64,[A-Za-z0-9+/=]+"')
@@ -115,11 +116,19 @@ def test_not_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_scores_from_confusion() -> None:
     cm = np.array([[8, 2, 0], [0, 5, 5], [0, 0, 10]])
-    precision, recall, f1, support = per_class_scores(cm)
-    assert precision.tolist() == pytest.approx([1.0, 5 / 7, 10 / 15])
-    assert recall.tolist() == pytest.approx([0.8, 0.5, 1.0]) and support.tolist() == [10, 10, 10]
-    assert f1[0] == pytest.approx(2 * 0.8 / 1.8)
+    labels = np.repeat(np.arange(3), cm.sum(axis=1))
+    pred = np.concatenate([np.repeat(np.arange(3), row) for row in cm])
+    scores = class_scores(labels, pred, 4)  # a fourth class nobody has or is called: zeros, not NaN
+    assert scores.confusion[:3, :3].tolist() == cm.tolist() and not scores.confusion[3].any()
+    assert scores.precision.tolist() == pytest.approx([1.0, 5 / 7, 10 / 15, 0.0])
+    assert scores.recall.tolist() == pytest.approx([0.8, 0.5, 1.0, 0.0]) and scores.support.tolist() == [10, 10, 10, 0]
+    assert scores.f1[0] == pytest.approx(2 * 0.8 / 1.8) and scores.f1[3] == 0.0
     assert confused_pairs(cm)[0] == (1, 2, 5, 0.5)
+
+
+def test_per_sample_loss_is_stable_cross_entropy() -> None:
+    logits = np.array([[1000.0, 0.0], [0.0, 0.0]])
+    assert per_sample_loss(logits, np.array([1, 0])).tolist() == pytest.approx([1000.0, np.log(2)])
 
 
 def test_report_of_a_real_run_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,12 +12,7 @@ from typing import Any
 
 import numpy as np
 
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+from imgclf.mathutil import softmax
 
 
 @dataclass
@@ -68,6 +63,8 @@ def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of `labels` under softmax(logits / temperature), each term capped at
+    -log(1e-12) so one hopeless sample cannot decide the fitted temperature."""
     probs = softmax(logits, temperature)
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgclf.evaluation.scores import class_scores
 from imgclf.runtime import autocast
 
 
@@ -49,11 +49,8 @@ def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float
 def summarize(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
     """accuracy, loss, per-class accuracy and the confusion matrix (rows: true, columns: predicted)."""
     loss, acc = loss_and_accuracy(logits, labels)
-    pred = logits.argmax(1).numpy()
     true = labels.numpy()
-    k = len(classes)
-    confusion = np.bincount(true * k + pred, minlength=k * k).reshape(k, k)
-    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+    scores = class_scores(true, logits.argmax(1).numpy(), len(classes))
     return {"accuracy": acc, "loss": loss, "num_images": int(len(true)),
-            "per_class_accuracy": {c: float(a) for c, a in zip(classes, per_class, strict=True)},
-            "confusion_matrix": confusion.tolist(), "classes": classes}
+            "per_class_accuracy": {c: float(a) for c, a in zip(classes, scores.recall, strict=True)},
+            "confusion_matrix": scores.confusion.tolist(), "classes": classes}

@@ -1,1 +1,2 @@
-"""What trains several runs: compare (presets, variants, fractions) on one split with one budget."""
+"""What trains several runs: `compare` (one split, one budget) over the studies in `variants` (presets
+declared as data, variants files, fractions), judged in words by `verdict`; `reporting` renders the result."""

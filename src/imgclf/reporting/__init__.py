@@ -1,5 +1,6 @@
-"""Reporting: matplotlib figures, Markdown + self-contained HTML run reports, and comparisons of runs.
+"""Reporting: renders what run directories hold; it trains nothing.
 
-`report.write_report(RUN_DIR)` explains one run; `compare.run_compare(...)` trains variants and explains
-which wins. Both render one block list twice (Markdown with PNG files, HTML with the PNGs inline).
+`report.write_report(DIR)` explains one run (or re-renders a comparison's folder); `comparison` renders
+DIR/comparison.json and its runs. Both build a `document.Document` (blocks rendered as Markdown with PNG
+files and as self-contained HTML) from `rundir` readers and `figures`.
 """
