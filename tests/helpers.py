@@ -76,7 +76,7 @@ def real_images(folder: Path) -> dict[str, Path]:
 
 
 def free_port() -> int:
-    """A loopback port nothing listens on now (for servers started by tests and benchmarks)."""
+    """A loopback port nothing listens on now (for the servers the tests start)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

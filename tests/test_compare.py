@@ -111,9 +111,28 @@ def test_transfer_preset_runs_with_a_stand_in(tmp_path: Path, monkeypatch: pytes
         return preset
 
     monkeypatch.setattr(compare, "load_preset", stand_in)
-    comparison = run_compare(_base(data), tmp_path / "tr")
+    out = tmp_path / "tr"
+    comparison = run_compare(_base(data), out)
     assert [r["approach"] for r in comparison["runs"]] == ["scratch", "finetune"]
-    _check_outputs(tmp_path / "tr")
+    _check_outputs(out)
+    # The report is rendered from what the folder holds, so `imgclf report DIR` draws it again, unchanged.
+    written = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == written
+    _check_outputs(out)
+
+
+def test_presets_declare_their_behaviour() -> None:
+    """How a preset is judged is data in its YAML, checked when it loads; nothing tests a preset's name."""
+    regularization = load_preset("regularization")
+    assert regularization.judge == "gap" and regularization.combined == ["all"]
+    assert regularization.reference == "none" and regularization.base_if_unset == {"subset": 2000}
+    with pytest.raises(UserError, match="judge must be one of"):
+        Study("x", {"a": {}, "b": {}}, judge="vibes")
+    with pytest.raises(UserError, match="'c' is not one of its variants"):
+        Study("x", {"a": {}, "b": {}}, combined=["c"])
+    assert Study("x", {"a": {}, "b": {}}).reference == "a"
 
 
 def test_bad_variants_fail_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

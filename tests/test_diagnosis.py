@@ -21,13 +21,17 @@ def history(train_acc: list[float], val_acc: list[float], train_loss: list[float
             for i, (ta, va, tl, vl) in enumerate(zip(train_acc, val_acc, train_loss, val_loss, strict=True))]
 
 
+# Train accuracy runs to 99 % while val loss bottoms out at epoch 6 and climbs.
+OVERFIT_RUN = history(
+    train_acc=[0.40, 0.55, 0.66, 0.75, 0.82, 0.88, 0.92, 0.95, 0.97, 0.98, 0.99, 0.995],
+    val_acc=[0.42, 0.55, 0.63, 0.68, 0.71, 0.73, 0.74, 0.74, 0.73, 0.72, 0.72, 0.71],
+    train_loss=[1.7, 1.3, 1.0, 0.75, 0.55, 0.40, 0.28, 0.18, 0.11, 0.07, 0.05, 0.03],
+    val_loss=[1.6, 1.3, 1.1, 0.95, 0.88, 0.85, 0.88, 0.95, 1.05, 1.15, 1.25, 1.35])
+
+
 def test_clearly_overfit_run() -> None:
     """Train accuracy runs to 99 % while val loss bottoms out at epoch 6 and climbs."""
-    train_acc = [0.40, 0.55, 0.66, 0.75, 0.82, 0.88, 0.92, 0.95, 0.97, 0.98, 0.99, 0.995]
-    val_acc = [0.42, 0.55, 0.63, 0.68, 0.71, 0.73, 0.74, 0.74, 0.73, 0.72, 0.72, 0.71]
-    train_loss = [1.7, 1.3, 1.0, 0.75, 0.55, 0.40, 0.28, 0.18, 0.11, 0.07, 0.05, 0.03]
-    val_loss = [1.6, 1.3, 1.1, 0.95, 0.88, 0.85, 0.88, 0.95, 1.05, 1.15, 1.25, 1.35]
-    d = diagnose(history(train_acc, val_acc, train_loss, val_loss), {"weight_decay": 5e-4, "dropout": 0.0})
+    d = diagnose(OVERFIT_RUN, {"weight_decay": 5e-4, "dropout": 0.0})
     assert d.verdict == OVERFIT and "clearly" in d.headline
     assert d.turn_epoch == 6 and d.numbers["best_val_epoch"] == 7
     steps = " ".join(d.next_steps)
@@ -95,11 +99,7 @@ def test_calibration_numbers() -> None:
 
 def test_augmentation_advice_follows_the_data_path() -> None:
     """Cutout only reaches small square images; a photo run is told about its own augmentation knobs."""
-    train_acc = [0.40, 0.55, 0.66, 0.75, 0.82, 0.88, 0.92, 0.95, 0.97, 0.98, 0.99, 0.995]
-    val_acc = [0.42, 0.55, 0.63, 0.68, 0.71, 0.73, 0.74, 0.74, 0.73, 0.72, 0.72, 0.71]
-    train_loss = [1.7, 1.3, 1.0, 0.75, 0.55, 0.40, 0.28, 0.18, 0.11, 0.07, 0.05, 0.03]
-    val_loss = [1.6, 1.3, 1.1, 0.95, 0.88, 0.85, 0.88, 0.95, 1.05, 1.15, 1.25, 1.35]
-    runs = history(train_acc, val_acc, train_loss, val_loss)
+    runs = OVERFIT_RUN
     photo = {"crop_fraction": 0.875, "augment_policy": "none", "min_crop_scale": 0.5}
     steps = " ".join(diagnose(runs, photo).next_steps)
     assert "augment_policy=trivial" in steps and "--cutout" not in steps

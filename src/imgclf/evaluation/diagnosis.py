@@ -10,11 +10,13 @@ little below what the final model scores on clean training images; the threshold
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from imgclf.config import DEFAULT_WEIGHT_DECAY, FINETUNE_OPTIMIZER, SCRATCH_OPTIMIZER, TrainConfig
 
 OVERFIT, UNDERFIT, WELL_FIT = "overfitting", "underfitting", "well fit"
 
@@ -60,6 +62,15 @@ def read_history(path: str | Path) -> list[dict[str, float]]:
                 row["epoch"] = int(row["epoch"])
             rows.append(row)
     return rows
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+
+
+def _setting(config: dict[str, Any], key: str) -> Any:
+    """The run's value for `key`, else TrainConfig's default (a config.yaml from an older or foreign run)."""
+    value = config.get(key)
+    return _FIELD_DEFAULTS.get(key) if value is None else value
 
 
 def _column(history: list[dict[str, Any]], key: str) -> np.ndarray:
@@ -180,9 +191,9 @@ def _stronger_augmentation(config: dict[str, Any]) -> str | None:
     translation apply only to small square images (imgclf.data.loaders.BatchAugment).
     """
     if float(config.get("crop_fraction") or 1.0) < 1.0:
-        if config.get("augment_policy", "trivial") == "none":
+        if _setting(config, "augment_policy") == "none":
             return "turn the photo policy on (`--set augment_policy=trivial`)."
-        scale = float(config.get("min_crop_scale", 0.08))
+        scale = float(_setting(config, "min_crop_scale"))
         return f"crop smaller parts of each photo (`--set min_crop_scale=0.08`, now {scale:g})." if scale > 0.08 \
             else None
     cutout = config.get("cutout", 0)
@@ -199,10 +210,11 @@ def _overfit_steps(config: dict[str, Any], epochs: int, stop_at: int | None) -> 
                      + " (mirror images" + ("" if photos else " and random translations") + ").")
     elif stronger := _stronger_augmentation(config):
         steps.append(f"Augment more strongly: {stronger}")
+    optimizer = config.get("optimizer") or SCRATCH_OPTIMIZER
+    default_wd = DEFAULT_WEIGHT_DECAY.get(optimizer, DEFAULT_WEIGHT_DECAY[FINETUNE_OPTIMIZER])  # adam & co: AdamW's
     wd = config.get("weight_decay")
-    optimizer = config.get("optimizer") or "sgd"
-    wd_now = wd if wd is not None else (5e-4 if optimizer == "sgd" else 0.05)
-    steps.append(f"Raise weight decay: `--weight-decay {(2 * wd_now if wd_now else 5e-4):g}` "
+    wd_now = wd if wd is not None else default_wd
+    steps.append(f"Raise weight decay: `--weight-decay {(2 * wd_now if wd_now else default_wd):g}` "
                  f"(now {wd_now:g}).")
     dropout = float(config.get("dropout", 0.0) or 0.0)
     steps.append(f"Add dropout before the classifier: `--dropout {min(0.5, dropout + 0.2):.1f}` (now {dropout:g}).")
@@ -218,8 +230,8 @@ def _underfit_steps(config: dict[str, Any], epochs: int, rising: bool, low: bool
     steps = []
     if rising:
         steps.append(f"Train longer: `--epochs {max(2 * epochs, epochs + 5)}` (the curves had not flattened).")
-    width = float(config.get("width", 1.0) or 1.0)
-    model = config.get("model", "fastcnn")
+    width = float(_setting(config, "width"))
+    model = _setting(config, "model")
     if low:
         steps.append(f"Use a bigger model: `--set width={2 * width:g}` or `--model resnet18` (now {model}, "
                      f"width {width:g}), or fine-tune a pretrained one.")

@@ -83,7 +83,6 @@ class Document:
     folder: Path
     subtitle: str = ""
     blocks: list[tuple[str, Any]] = field(default_factory=list)
-    figure_paths: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         figure_dir = self.folder / "figures"
@@ -121,7 +120,6 @@ class Document:
 
     def figure(self, name: str, fig: Figure, caption: str) -> Path:
         path = figs.save(fig, self.folder / "figures" / f"{name}.png")
-        self.figure_paths.append(path)
         self.blocks.append(("figure", (path, caption)))
         return path
 
