@@ -7,8 +7,7 @@ is the standard cheap fix, so the report shows what it would buy.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,9 +26,6 @@ class Reliability:
     mce: float  # maximum calibration error over non-empty bins
     mean_confidence: float
     accuracy_overall: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> Reliability:

@@ -10,7 +10,7 @@ little below what the final model scores on clean training images; the threshold
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,6 @@ class Diagnosis:
     next_steps: list[str] = field(default_factory=list)
     numbers: dict[str, Any] = field(default_factory=dict)
     turn_epoch: int | None = None  # epoch where val loss bottomed out before rising (overfitting runs)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def read_history(path: str | Path) -> list[dict[str, float]]:
