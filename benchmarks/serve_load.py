@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,13 +29,44 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, File, UploadFile
+from PIL import Image
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' synthetic-folder helper
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import median  # noqa: E402
-from helpers import free_port, make_folder, stop_process  # noqa: E402
+
+
+def make_folder(root: Path, classes: int, per_class: int, size: int) -> Path:
+    """root/<class>/<i>.png: a class-specific colour and stripe direction plus noise, so one epoch learns
+    something (the benchmark needs a real checkpoint, not a good one)."""
+    rng = np.random.default_rng(0)
+    stripes = (np.arange(size) // 2 % 2) * 80
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        base = np.zeros((size, size, 3), dtype=np.float32)
+        base[..., c % 3] = 160
+        base += stripes[:, None, None] if c % 2 else stripes[None, :, None]
+        for i in range(per_class):
+            noisy = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(noisy).save(folder / f"{i}.png")
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def make_checkpoint(work: Path, model: str, size: int, width: float) -> Path:

@@ -1,9 +1,11 @@
 """Inference: ONNX export (metadata, dynamic batch, verified, atomic), ONNX vs torch on real photos,
-`predict --onnx`, the micro-batcher, and the ONNX backend served over real HTTP."""
+`predict --onnx`, ONNX metadata checked against the graph at load, `predict` with bad files among good
+ones, the micro-batcher, and the ONNX backend served over real HTTP."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import threading
 import time
@@ -21,7 +23,7 @@ from imgclf.errors import UserError
 from imgclf.inference import export as export_mod
 from imgclf.inference.batching import MicroBatcher
 from imgclf.inference.onnx_backend import load_onnx_predictor
-from imgclf.inference.predictor import Predictor
+from imgclf.inference.predictor import Predictor, predict_command
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +112,85 @@ def test_export_writes_nothing_when_verification_fails(tmp_path: Path, checkpoin
     assert out.read_bytes() == b"previous good file" and not list(tmp_path.glob(".*.tmp"))
 
 
-def test_corrupt_image_is_a_user_error(tmp_path: Path, checkpoint: Path, photos: dict[str, Path]) -> None:
+def _edited(source: Path, out: Path, **props: str) -> Path:
+    """A copy of an exported file with some metadata_props replaced by hand."""
+    model = onnx.load(str(source))
+    for entry in model.metadata_props:
+        if entry.key in props:
+            entry.value = props[entry.key]
+    onnx.save(model, str(out))
+    return out
+
+
+def test_onnx_metadata_must_match_the_graph(tmp_path: Path, exported: tuple[Path, dict]) -> None:
+    """A file whose metadata does not describe its graph is refused at load, in one line (it used to load,
+    then every prediction failed, or quietly used the wrong class names)."""
+    source = exported[0]
+    def view(size: int) -> str:
+        return json.dumps({"input_size": size, "resize": "crop", "crop_fraction": 0.875})
+
+    cases = [  # (metadata edits, the error)
+        ({"classes": json.dumps(list("abcd"))}, "names 4 classes but the graph gives 1x3"),  # a 3-wide head
+        ({"classes": json.dumps(list("ab"))}, "names 2 classes but the graph gives 1x3"),
+        ({"input_size": "32", "preprocess": view(32)},  # a graph that takes 16 x 16
+         r"metadata says input \(batch, 3, 32, 32\) but the graph takes input \['batch', 3, 16, 16\]"),
+        ({"preprocess": view(24)}, "input_size 16, preprocess input_size 24"),
+    ]
+    for i, (props, message) in enumerate(cases):
+        with pytest.raises(UserError, match=message):
+            load_onnx_predictor(_edited(source, tmp_path / f"{i}.onnx", **props))
+    served = imgclf("serve", "--onnx", str(tmp_path / "0.onnx"), "--port", "0")  # refused before it listens
+    assert served.returncode == 2 and served.stderr.count("\n") == 1, served.stderr
+    assert "names 4 classes but the graph gives 1x3" in served.stderr
+
+
+def test_predict_keeps_good_results_and_names_bad_files(tmp_path: Path, checkpoint: Path,
+                                                        photos: dict[str, Path]) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(photos["png"].read_bytes()[:2000])
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    files = [str(photos["png"]), str(broken), str(photos["jpeg"]), str(tmp_path / "missing.png"), str(text),
+             str(photos["gray"])]
+    out, err = io.StringIO(), io.StringIO()
+    code = predict_command(files, checkpoint=str(checkpoint), top_k=2, device="cpu", out=out, err=err)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    good = [files[0], files[2], files[5]]
+    assert code == 2 and [line["file"] for line in lines] == good
+    expected = Predictor.load(checkpoint=str(checkpoint), device="cpu").predict(good, top_k=2)
+    assert [line["label"] for line in lines] == [e["label"] for e in expected]
+    assert all(len(line["top_k"]) == 2 for line in lines)
+    problems = err.getvalue().splitlines()
+    assert len(problems) == 3 and all(p.startswith("imgclf: error: ") for p in problems)
+    assert "broken.png: not a readable image" in problems[0] and "image not found" in problems[1]
+    assert "notes.jpg: not a readable image" in problems[2]
     predictor = Predictor.load(checkpoint=str(checkpoint), device="cpu")
-    with pytest.raises(UserError, match="broken.png: not a readable image"):
+    with pytest.raises(UserError, match="broken.png: not a readable image"):  # the all-or-nothing form
         predictor.predict_files([photos["png"], broken])
+
+
+@pytest.mark.parametrize("top_k", [0, -1])
+def test_predict_top_k_below_one_is_an_error(checkpoint: Path, photos: dict[str, Path], top_k: int) -> None:
+    with pytest.raises(UserError, match=f"--top-k must be at least 1, got {top_k}"):
+        predict_command([str(photos["png"])], checkpoint=str(checkpoint), top_k=top_k)
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        Predictor.load(checkpoint=str(checkpoint), device="cpu").predict([photos["png"]], top_k=top_k)
+
+
+def test_predict_cli_bad_file_and_top_k(tmp_path: Path, checkpoint: Path, photos: dict[str, Path]) -> None:
+    """The same through `imgclf predict`: good results on stdout, the bad file named, exit 2."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    result = imgclf("predict", "--checkpoint", str(checkpoint), "--device", "cpu", str(photos["png"]), str(bad),
+                    str(photos["jpeg"]))
+    assert result.returncode == 2
+    assert [json.loads(line)["file"] for line in result.stdout.splitlines()] == [str(photos["png"]),
+                                                                                str(photos["jpeg"])]
+    assert result.stderr.strip() == f"imgclf: error: {bad}: not a readable image (UnidentifiedImageError)"
+    for top_k in ("0", "-1"):
+        result = imgclf("predict", "--checkpoint", str(checkpoint), "--top-k", top_k, str(photos["png"]))
+        assert result.returncode == 2 and not result.stdout and result.stderr.count("\n") == 1, result.stderr
+        assert "top-k" in result.stderr or "top_k" in result.stderr
 
 
 # ----------------------------------------------------------------------------------------- micro-batcher

@@ -1,8 +1,9 @@
 """The HTTP service over real HTTP: `imgclf serve` in a subprocess on a free loopback port.
 
 Real photos get the same top-1 as `imgclf predict`; every kind of bad input gets its 4xx with a JSON body;
-200 concurrent requests all succeed (and share forward passes); a schemathesis fuzz from the server's own
-OpenAPI schema finds no 5xx, and the server still answers afterwards.
+300 async clients refused early (401, 413) all read their answer, none sees a reset; 200 concurrent
+requests all succeed (and share forward passes); a schemathesis fuzz from the server's own OpenAPI schema
+finds no 5xx, and the server still answers afterwards.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -204,6 +205,41 @@ def test_bad_inputs_get_json_4xx(client: httpx.Client, photos: dict[str, Path]) 
             wrong[name] = (r.status_code, r.text[:200])
     assert not wrong, wrong
     assert client.post("/predict", files=upload(photos["png"])).status_code == 200  # still serving
+
+
+def test_early_errors_reach_async_clients_without_resets(server: str, photos: dict[str, Path]) -> None:
+    """Refused before the body is read (wrong key, declared or streamed size over the limit), yet each of 300
+    concurrent httpx.AsyncClient requests gets its 4xx JSON: the body is drained first, so the server never
+    closes a socket with unread bytes (which the kernel answers with a reset)."""
+    png = photos["png"].read_bytes()
+    big = b"\0" * (MAX_UPLOAD + 50_000)
+    big_body, big_type = _multipart([("file", "big.png", big)])
+
+    async def streamed() -> AsyncIterator[bytes]:  # no Content-Length: refused mid-stream by the running count
+        for i in range(0, len(big_body), 65536):
+            yield big_body[i:i + 65536]
+
+    async def one(c: httpx.AsyncClient, i: int) -> tuple[int | str, bool]:
+        try:
+            if i % 3 == 0:
+                r = await c.post("/predict", files={"file": ("a.png", png, "image/png")}, headers={"X-API-Key": "no"})
+            elif i % 3 == 1:
+                r = await c.post("/predict", files={"file": ("big.png", big, "image/png")})
+            else:
+                r = await c.post("/predict", content=streamed(), headers={"content-type": big_type})
+        except httpx.TransportError as exc:
+            return exc.__class__.__name__, False
+        return r.status_code, "detail" in r.json() and r.headers.get("connection") != "close"
+
+    async def main() -> list[tuple[int | str, bool]]:
+        limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+        async with httpx.AsyncClient(base_url=server, headers=AUTH, timeout=120, limits=limits) as c:
+            return await asyncio.gather(*(one(c, i) for i in range(300)))
+
+    results = asyncio.run(main())
+    expected = [(401 if i % 3 == 0 else 413, True) for i in range(300)]
+    wrong = {i: got for i, (got, want) in enumerate(zip(results, expected, strict=True)) if got != want}
+    assert not wrong, f"{len(wrong)} of 300 wrong, e.g. {list(wrong.items())[:5]}"
 
 
 def test_unknown_paths_and_methods_are_json(client: httpx.Client) -> None:

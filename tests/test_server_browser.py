@@ -1,6 +1,8 @@
 """The web page in a real headless Chromium, driven over the DevTools protocol (on a pipe: no extra package).
 
-Upload a photo through the page's file input, read the rendered top-1 and bars, compare with the API.
+Upload a photo through the page's file input, read the rendered top-1 and bars, compare with the API;
+open /docs and find every operation rendered (Swagger UI 4 could not read OpenAPI 3.1 and showed "Unable
+to render this definition" instead).
 """
 
 from __future__ import annotations
@@ -185,3 +187,24 @@ def test_page_shows_api_errors(server: str, browser: DevTools, tmp_path: Path) -
     browser.wait_for("['done', 'error'].includes(document.body.dataset.state)")
     assert browser.evaluate("document.body.dataset.state") == "error"
     assert "415" in browser.evaluate("document.getElementById('status').textContent")
+
+
+def test_docs_render_the_operations(server: str, browser: DevTools, tmp_path: Path) -> None:
+    schema = httpx.get(f"{server}/openapi.json", timeout=30).json()
+    assert schema["openapi"].startswith("3.1")
+    browser.open_page(f"{server}/docs")
+    browser.wait_for("document.querySelectorAll('.opblock').length >= 4 || "
+                     "document.body.innerText.includes('Unable to render')")
+    shown = browser.evaluate("""({
+        text: document.body.innerText,
+        operations: [...document.querySelectorAll('.opblock')].map(op =>
+            op.querySelector('.opblock-summary-method').textContent + ' ' +
+            op.querySelector('.opblock-summary-path').textContent.replace(/\u200b/g, '').trim()),
+        version: window.versions && window.versions.swaggerUi && window.versions.swaggerUi.version,
+    })""")
+    browser.screenshot(tmp_path / "docs.png")
+    assert "Unable to render this definition" not in shown["text"], shown["text"][:300]
+    assert sorted(shown["operations"]) == sorted(f"{method.upper()} {path}" for path, ops in schema["paths"].items()
+                                                 for method in ops)
+    assert "POST /predict" in shown["operations"] and "Authorize" in shown["text"]  # the key scheme shows too
+

@@ -54,7 +54,7 @@ class MicroBatcher(Generic[T, R]):
     """
 
     def __init__(self, run_batch: Callable[[list[T]], Sequence[R]], max_batch_size: int = 32,
-                 max_wait_ms: float = 5.0, workers: int = 1, thread_name: str = "imgclf-inference") -> None:
+                 max_wait_ms: float = 10.0, workers: int = 1, thread_name: str = "imgclf-inference") -> None:
         if max_batch_size < 1 or workers < 1:
             raise ValueError("max_batch_size and workers must be at least 1")
         if max_wait_ms < 0:

@@ -24,6 +24,29 @@ def read_metadata(session: Any, path: str | Path) -> dict[str, str]:
     return props
 
 
+def check_graph(path: Path, session: Any, run: Any, classes: list[str], input_size: int,
+                preprocess: Preprocess) -> None:
+    """The metadata must describe this graph: a mismatch is refused here, at load, in one line, rather
+    than found by every prediction (a server whose every /predict is a 500)."""
+    if preprocess.input_size != input_size:
+        raise UserError(f"{path}: the metadata disagrees with itself: input_size {input_size}, preprocess "
+                        f"input_size {preprocess.input_size}")
+    shape = list(session.get_inputs()[0].shape)  # ints where fixed, names (or None) where dynamic
+    declared = f"the graph takes input {shape}"
+    expected = [None, 3, input_size, input_size]
+    if len(shape) != 4 or any(isinstance(d, int) and want and d != want for d, want in zip(shape, expected,
+                                                                                           strict=True)):
+        raise UserError(f"{path}: metadata says input (batch, 3, {input_size}, {input_size}) but {declared}")
+    try:
+        logits = run(torch.zeros(1, 3, input_size, input_size))
+    except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime raises for a shape it cannot run
+        raise UserError(f"{path}: the graph does not run on (1, 3, {input_size}, {input_size}) as the metadata "
+                        f"says ({declared}; {exc.__class__.__name__})") from None
+    if logits.ndim != 2 or logits.shape[1] != len(classes):
+        raise UserError(f"{path}: metadata names {len(classes)} classes but the graph gives "
+                        f"{'x'.join(map(str, logits.shape))} outputs for one image")
+
+
 def load_onnx_predictor(path: str | Path, threads: int | None = None) -> Predictor:
     """Open `path` with ONNX Runtime on the CPU, with `threads` intra-op threads (default: torch's setting,
     so a process sets its thread budget once) that sleep rather than spin when idle."""
@@ -58,6 +81,8 @@ def load_onnx_predictor(path: str | Path, threads: int | None = None) -> Predict
     def run(x: torch.Tensor) -> np.ndarray:
         batch = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         return session.run([output_name], {input_name: batch})[0]
+
+    check_graph(path, session, run, classes, input_size, preprocess)
 
     metadata = {"model": props.get("model", "unknown"), "source": str(path), "backend": "onnxruntime",
                 "checkpoint_sha256": props.get("checkpoint_sha256"), "onnx_sha256": sha256_file(path)}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -74,7 +76,10 @@ class Predictor:
         return exp / exp.sum(axis=1, keepdims=True)
 
     def rank(self, probs: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
-        k = max(1, min(top_k, len(self.classes)))
+        """Top-k labels of each row; k above the number of classes lists them all."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        k = min(top_k, len(self.classes))
         results = []
         for row in probs:
             order = np.argsort(-row, kind="stable")[:k]
@@ -86,12 +91,49 @@ class Predictor:
         return self.rank(self.probabilities(self.preprocess(sources)), top_k)
 
     def predict_files(self, paths: Sequence[str | Path], top_k: int = 5, batch_size: int = 64) -> list[dict[str, Any]]:
-        """Batched over files; an unreadable file is a user error naming it."""
-        results: list[dict[str, Any]] = []
-        for i in range(0, len(paths), batch_size):
-            try:
-                results += self.predict(list(paths[i:i + batch_size]), top_k)
-            except ValueError as exc:
-                raise UserError(str(exc)) from None
+        """All or nothing: the first missing or unreadable file is a user error naming it (`predict_each`
+        keeps the others)."""
+        results = []
+        for _, result in self.predict_each(paths, top_k, batch_size):
+            if isinstance(result, str):
+                raise UserError(result)
+            results.append(result)
         return results
+
+    def predict_each(self, paths: Sequence[str | Path], top_k: int = 5,
+                     batch_size: int = 64) -> Iterator[tuple[str | Path, dict[str, Any] | str]]:
+        """(path, prediction) in the order of `paths`, batched; a missing or unreadable file gives
+        (path, error message) instead, so one bad file among many costs only its own result."""
+        for i in range(0, len(paths), batch_size):
+            chunk = list(paths[i:i + batch_size])
+            views: list[torch.Tensor] = []
+            errors: dict[int, str] = {}
+            for j, path in enumerate(chunk):
+                try:
+                    views.append(self.preprocess([path])[0])
+                except (ValueError, UserError) as exc:
+                    errors[j] = str(exc)
+            ranked = iter(self.rank(self.probabilities(torch.stack(views)), top_k) if views else [])
+            for j, path in enumerate(chunk):
+                yield path, errors.get(j) or next(ranked)
+
+
+def predict_command(images: Sequence[str], checkpoint: str | None = None, onnx: str | None = None, top_k: int = 5,
+                    device: str = "auto", out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """`imgclf predict`: one JSON line per readable image on `out`, in order, and one line per bad file on
+    `err`; exit code 0, or 2 when any file was bad (the other results are still printed)."""
+    if bool(checkpoint) == bool(onnx):
+        raise UserError("give exactly one of --checkpoint or --onnx")
+    if top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    out, err = out or sys.stdout, err or sys.stderr
+    predictor = Predictor.load(checkpoint=checkpoint, onnx=onnx, device=device)
+    bad = False
+    for path, result in predictor.predict_each(images, top_k=top_k):
+        if isinstance(result, str):
+            bad = True
+            print(f"imgclf: error: {result}", file=err, flush=True)
+        else:
+            print(json.dumps({"file": str(path), **result}), file=out, flush=True)
+    return 2 if bad else 0
 

@@ -1,16 +1,17 @@
 """HTTP inference service: FastAPI + uvicorn, micro-batched, hardened against bad input.
 
-Request path: a pure-ASGI guard (API key, body size) answers before any byte of the body is parsed;
-FastAPI parses the multipart form; the image header is checked (format, pixel count) and the image decoded
-on a small thread pool; the decoded tensors join a MicroBatcher whose worker thread(s) run the model on
-whole batches (see `inference_plan`). Every client mistake is a 4xx with a JSON body {"detail": ...};
-a 5xx means a bug.
+Request path: a pure-ASGI guard (API key, body size) refuses before any byte of the body is parsed,
+though it reads and drops the body before answering, so the client gets the answer and not a reset;
+FastAPI parses the multipart form; the image header is checked (format, pixel count, the request's pixel
+budget) and the image decoded on a small thread pool, large images in a lane of their own so a flood of
+them cannot hold up small ones; the decoded tensors join a MicroBatcher whose worker thread(s) run the
+model on whole batches (see `inference_plan`). Every client mistake is a 4xx with a JSON body
+{"detail": ...}; a 5xx means a bug.
 """
 
 import asyncio
 import base64
 import hashlib
-import io
 import ipaddress
 import json
 import logging
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -32,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from imgclf.errors import UserError
 
 try:
+    import fastapi_offline
     import uvicorn
     from fastapi import FastAPI, File, HTTPException, Query, Request, Security, UploadFile
     from fastapi.exceptions import RequestValidationError
@@ -40,7 +42,6 @@ try:
     from fastapi.security import APIKeyHeader
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel
-    from swagger_ui_bundle import swagger_ui_path
 except ImportError as exc:  # the CLI turns this into one line, exit 2
     raise UserError(f"the server needs the serve extra ({exc.name} is missing): pip install 'imgclf[serve]'") from None
 
@@ -51,9 +52,11 @@ log = logging.getLogger("imgclf.server")
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")  # never EPS (runs Ghostscript) & co.
 PROTECTED = frozenset({"/predict", "/predict/batch", "/metadata"})
-DOCS_ASSETS = "/docs-assets"  # Swagger UI files, served from the swagger-ui-bundle package
+DOCS_ASSETS = "/docs-assets"  # Swagger UI 5 (reads OpenAPI 3.1), served from the fastapi-offline package
 MULTIPART_SLACK = 16 * 1024  # part headers and boundaries on top of the file bytes
 OTHER_BODY_LIMIT = 64 * 1024  # nothing else takes a body
+DRAIN_LIMIT = 256 * 1024 * 1024  # a refused body up to this size is read and dropped; a larger one is cut off
+LARGE_IMAGE_PIXELS = 4_000_000  # above this (2000 x 2000) decoding takes tens of ms or more: the large lane
 MAX_TOP_K = 1000
 
 
@@ -91,13 +94,15 @@ class ServerSettings:
     max_batch_size: int = 32
     max_wait_ms: float = 10.0  # serve_load on 2 cores: 3.3x the naive server's throughput at 10 ms, 2.7-2.9x at 5
     max_upload_bytes: int = 10 * 1024 * 1024  # per file
-    max_pixels: int = 40_000_000  # width x height, read from the header before decoding
+    max_pixels: int = 4096 * 4096  # per image, width x height, read from the header before decoding
+    max_request_pixels: int = 8192 * 8192  # all images of one request: about 1 s of decoding
     max_files: int = 64  # per /predict/batch request
     decode_threads: int = 0  # 0: min(4, cores)
     workers: int = 1  # inference threads, each running whole batches
 
     def check(self) -> None:
-        for name in ("max_batch_size", "max_upload_bytes", "max_pixels", "max_files", "workers"):
+        for name in ("max_batch_size", "max_upload_bytes", "max_pixels", "max_request_pixels", "max_files",
+                     "workers"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_wait_ms < 0:
@@ -113,6 +118,15 @@ class ServerSettings:
         return OTHER_BODY_LIMIT
 
 
+class _Lane:
+    """Decode threads and the slots that bound how many uploads are held in memory waiting for them."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        # Uploads wait spooled (Starlette keeps at most 1 MB of each in memory) until a slot frees.
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        self.slots = asyncio.Semaphore(2 * threads)
+
+
 class ClientError(Exception):
     """A bad upload: becomes a JSON 4xx."""
 
@@ -121,12 +135,14 @@ class ClientError(Exception):
         self.status, self.detail = status, detail
 
 
-def check_image_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+def check_image_header(file: BinaryIO, max_pixels: int) -> tuple[str, int, int]:
     """Format and size from the header alone (nothing decoded yet): refuse what we will not decode."""
-    if not data:
+    file.seek(0)
+    if not file.read(1):
         raise ClientError(422, "empty file")
+    file.seek(0)
     try:
-        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+        with Image.open(file, formats=ALLOWED_FORMATS) as image:
             fmt, (width, height) = image.format or "?", image.size
     except Image.DecompressionBombError:
         raise ClientError(413, f"image has too many pixels (limit {max_pixels})") from None
@@ -143,8 +159,47 @@ def check_image_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
     return fmt, width, height
 
 
+class _Body:
+    """The request body as the Guard sees it: counted, and drained before any early answer.
+
+    An answer sent while the client is still sending makes the server close a socket with unread bytes,
+    which the kernel turns into a reset: HTTP clients that read only after sending (httpx's async client)
+    then see a connection error instead of the 401 or 413. So the rest of the body is read and dropped
+    first, up to DRAIN_LIMIT bytes; past that the answer goes out with `connection: close`.
+    """
+
+    def __init__(self, receive: Any, headers: dict[bytes, bytes]) -> None:
+        self.receive = receive
+        self.received = 0
+        self.done = headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers
+        # A client that waits for 100-continue has not sent the body yet; asking for it only to drop it
+        # would be a waste, so such a request is answered and the connection closed.
+        self.awaiting_continue = not self.done and headers.get(b"expect", b"").lower() == b"100-continue"
+
+    async def next(self) -> dict[str, Any]:
+        self.awaiting_continue = False
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            self.done = not message.get("more_body", False)
+        else:  # http.disconnect
+            self.done = True
+        return message
+
+    async def drain(self) -> bool:
+        """Read the rest of the body; False when the connection must close instead (over DRAIN_LIMIT, or
+        the client still waits for 100-continue)."""
+        if self.awaiting_continue:
+            return False
+        while not self.done:
+            if self.received > DRAIN_LIMIT:
+                return False
+            await self.next()
+        return True
+
+
 class Guard:
-    """Pure ASGI middleware: API key and body size are settled before the body is read."""
+    """Pure ASGI middleware: API key and body size are settled before the body is parsed."""
 
     def __init__(self, app: Any, settings: ServerSettings) -> None:
         self.app, self.settings = app, settings
@@ -155,11 +210,12 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        body = _Body(receive, headers)
         path = scope.get("path", "")
         if self.key is not None and path in PROTECTED:
             given = headers.get(b"x-api-key", b"")
             if not secrets.compare_digest(given, self.key):
-                await _send_json(send, 401, "missing or wrong X-API-Key header", {b"www-authenticate": b"ApiKey"})
+                await _refuse(body, send, 401, "missing or wrong X-API-Key header", {b"www-authenticate": b"ApiKey"})
                 return
         limit = self.settings.body_limit(path)
         declared = headers.get(b"content-length")
@@ -167,31 +223,37 @@ class Guard:
             try:
                 size = int(declared)
             except ValueError:
-                await _send_json(send, 400, "bad Content-Length header")
+                await _refuse(body, send, 400, "bad Content-Length header")
                 return
             if size > limit:
-                await _send_json(send, 413, f"request body of {size} bytes is over the limit of {limit}")
+                await _refuse(body, send, 413, f"request body of {size} bytes is over the limit of {limit}",
+                              drain=size <= DRAIN_LIMIT)
                 return
-        received = 0
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise HTTPException(413, f"request body is over the limit of {limit} bytes")
+            message = await body.next()
+            if body.received > limit:
+                raise HTTPException(413, f"request body is over the limit of {limit} bytes")
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def send_after_body(message: dict[str, Any]) -> None:
+            # The app may answer before reading everything (a 404, a 405, a 413 mid-stream): drain first.
+            if message["type"] == "http.response.start" and not await body.drain():
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, limited_receive, send_after_body)
 
 
-async def _send_json(send: Any, status: int, detail: str, extra: dict[bytes, bytes] | None = None) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close"), *(extra or {}).items()]
+async def _refuse(body: _Body, send: Any, status: int, detail: str, extra: dict[bytes, bytes] | None = None,
+                  drain: bool = True) -> None:
+    """A JSON error sent by the Guard, after the request body is read and dropped (see `_Body`)."""
+    keep = drain and await body.drain()
+    payload = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+               *(() if keep else ((b"connection", b"close"),)), *(extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _page() -> tuple[str, str]:
@@ -213,10 +275,11 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
     settings = settings or ServerSettings()
     settings.check()
     decode_threads = settings.decode_threads or min(4, os.cpu_count() or 1)
-    decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="imgclf-decode")
-    # Uploads wait spooled (Starlette keeps at most 1 MB of each in memory) until a slot frees, so however
-    # many requests are open, only this many files are held whole in memory for decoding.
-    decode_slots = asyncio.Semaphore(2 * decode_threads)
+    # Two lanes, each with its own threads: decoding costs about its pixel count (a 16 MP PNG about 0.3 s,
+    # a photo-sized one a few ms), so large images take turns on their own threads and a flood of them
+    # queues behind itself, never in front of small images.
+    lanes = {large: _Lane(threads, f"imgclf-decode-{'large' if large else 'small'}")
+             for large, threads in ((False, decode_threads), (True, max(1, decode_threads // 2)))}
 
     def run_batch(items: list[tuple[torch.Tensor, int]]) -> list[dict[str, Any]]:
         probs = predictor.probabilities(torch.cat([x for x, _ in items]))
@@ -232,11 +295,12 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
             yield
         finally:
             await batcher.close()
-            decode_pool.shutdown(wait=False, cancel_futures=True)
+            for lane in lanes.values():
+                lane.pool.shutdown(wait=False, cancel_futures=True)
 
     errors: dict[int | str, dict[str, Any]] = {
         400: {"model": Error, "description": "a malformed request body"},
-        413: {"model": Error, "description": "upload, image or file count over a limit"},
+        413: {"model": Error, "description": "upload, image pixels, request pixels or file count over a limit"},
         415: {"model": Error, "description": "not an image in a supported format"},
         422: {"model": Error, "description": "a missing field, bad parameter or unreadable image"},
     }
@@ -273,20 +337,40 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
         log.exception("internal error")
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
+    def check_upload(upload: UploadFile) -> int:
+        """Size and header of a spooled upload (nothing decoded); its pixel count."""
+        upload.file.seek(0, os.SEEK_END)
+        if upload.file.tell() > settings.max_upload_bytes:
+            raise ClientError(413, f"over the limit of {settings.max_upload_bytes} bytes")
+        _, width, height = check_image_header(upload.file, settings.max_pixels)
+        return width * height
+
+    async def check_uploads(uploads: list[tuple[UploadFile, str]]) -> list[int]:
+        """Every file's pixel count, checked against the per-request budget before any decoding starts."""
+        pixels = []
+        for upload, label in uploads:
+            try:
+                pixels.append(await asyncio.to_thread(check_upload, upload))
+            except ClientError as exc:
+                raise ClientError(exc.status, f"{label}: {exc.detail}") from None
+        if sum(pixels) > settings.max_request_pixels:
+            raise ClientError(413, f"the images hold {sum(pixels)} pixels in all; the limit is "
+                                   f"{settings.max_request_pixels} a request (send fewer or smaller images)")
+        return pixels
+
     def decode(data: bytes) -> torch.Tensor:
-        check_image_header(data, settings.max_pixels)
         try:
             return predictor.preprocess([data])
         except ValueError:
             raise ClientError(422, "the image could not be decoded (corrupt or truncated)") from None
 
-    async def read_and_decode(upload: UploadFile, label: str) -> torch.Tensor:
-        async with decode_slots:
-            data = await upload.read(settings.max_upload_bytes + 1)
-            if len(data) > settings.max_upload_bytes:
-                raise ClientError(413, f"{label} is over the limit of {settings.max_upload_bytes} bytes")
+    async def read_and_decode(upload: UploadFile, label: str, pixels: int) -> torch.Tensor:
+        lane = lanes[pixels > LARGE_IMAGE_PIXELS]
+        async with lane.slots:  # only now is the upload read into memory
+            await upload.seek(0)
+            data = await upload.read()
             try:
-                return await asyncio.get_running_loop().run_in_executor(decode_pool, decode, data)
+                return await asyncio.get_running_loop().run_in_executor(lane.pool, decode, data)
             except ClientError as exc:
                 raise ClientError(exc.status, f"{label}: {exc.detail}") from None
 
@@ -294,7 +378,8 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
               summary="Classify one image")
     async def predict(file: Annotated[UploadFile, File(description="one image (PNG, JPEG, ...)")],
                       top_k: TopK = 5) -> dict[str, Any]:
-        x = await read_and_decode(file, "file")
+        [pixels] = await check_uploads([(file, "file")])
+        x = await read_and_decode(file, "file", pixels)
         return await batcher.submit((x, top_k))
 
     @app.post("/predict/batch", response_model=list[FilePrediction], responses=errors, dependencies=protected,
@@ -303,8 +388,10 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
                             top_k: TopK = 5) -> list[dict[str, Any]]:
         if len(files) > settings.max_files:
             raise ClientError(413, f"{len(files)} files; the limit is {settings.max_files} a request")
-        tensors = await asyncio.gather(*(read_and_decode(f, f"files[{i}] ({f.filename or 'unnamed'})")
-                                         for i, f in enumerate(files)))
+        labelled = [(f, f"files[{i}] ({f.filename or 'unnamed'})") for i, f in enumerate(files)]
+        pixels = await check_uploads(labelled)
+        tensors = await asyncio.gather(*(read_and_decode(f, label, n)
+                                         for (f, label), n in zip(labelled, pixels, strict=True)))
         results = await batcher.submit_many([(x, top_k) for x in tensors])
         return [{"file": f.filename, **r} for f, r in zip(files, results, strict=True)]
 
@@ -323,15 +410,17 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
                 "limits": {k: v for k, v in asdict(settings).items() if k not in ("api_key", "decode_threads")},
                 "batching": {**batcher.stats.as_dict(), "queued": batcher.queued}}
 
-    # Swagger UI from the swagger-ui-bundle wheel, not FastAPI's default CDN: the docs work offline.
-    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    # Swagger UI 5 from the fastapi-offline wheel, not FastAPI's default CDN: the docs work offline. (The
+    # swagger-ui-bundle wheel ships Swagger UI 4, which cannot read FastAPI's OpenAPI 3.1.)
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(resources.files(fastapi_offline) / "static")),
+              name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="imgclf API",
                                    swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
                                    swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
 
     page, csp = _page()
 
@@ -394,15 +483,16 @@ def _is_loopback(host: str) -> bool:
 
 def serve(checkpoint: str | None = None, onnx: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, max_batch_size: int = 32, max_wait_ms: float = 10.0,
-          max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = 40_000_000, max_files: int = 64,
-          device: str = "auto") -> None:
+          max_upload_bytes: int = 10 * 1024 * 1024, max_pixels: int = 4096 * 4096,
+          max_request_pixels: int = 8192 * 8192, max_files: int = 64, device: str = "auto") -> None:
     """Load the model, then serve it until interrupted (uvicorn, one process, access log off for speed).
 
     The port is bound first, so a taken port fails fast; the thread plan is set before the model loads
     (ONNX Runtime takes its thread count from torch's). See `inference_plan` for the worker threads.
     """
     settings = ServerSettings(api_key=api_key or None, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                              max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_files=max_files)
+                              max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+                              max_request_pixels=max_request_pixels, max_files=max_files)
     settings.check()
     sock = _bind(host, port)
     try:
