@@ -47,8 +47,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     dropout: float = 0.0
     width: float = 1.0  # channel-width multiplier of the from-scratch nets
-    crop_pad: int = 4  # random-translate padding in pixels; 0 turns it off
-    flip: bool = True
+    crop_pad: int | None = None  # random-translate padding in pixels, 0: off; None: side // 8 (4 at 32 px)
+    flip: bool | None = None  # None: on for colour images, off for grey ones (digits, text: a flip changes the class)
     cutout: int = 0  # side of the cutout square in pixels; 0 turns it off
     image_size: int | None = None  # model input size; None: the weights' own when pretrained, else the data's own
                                    # (64 for photos)
@@ -227,6 +227,23 @@ def data_input_size(cfg: TrainConfig) -> int | None:
     return None
 
 
+def _default_crop_pad(side: int) -> int:
+    """An eighth of the side (4 px at 32 px, the CIFAR standard); none below 16 px, where a one-pixel shift
+    of an 8x8 digit costs 9 points of test accuracy in a 10-epoch run (89.7 vs 98.6 %)."""
+    return side // 8 if side >= 16 else 0
+
+
+def _looks_grey(data: Any) -> bool:
+    """True when sampled training images have equal R, G and B: digits, scans, text, where a mirror image
+    is another symbol. Photos decode lazily, so only small squares are checked; photos are colour."""
+    from imgclf.data.imageset import ImageSet
+
+    if not isinstance(data, ImageSet) or len(data) == 0:
+        return False
+    sample = data.images[:: max(1, len(data) // 64)].astype(np.int16)
+    return bool(np.abs(np.diff(sample, axis=-1)).max() <= 2)
+
+
 def resolve(cfg: TrainConfig, splits: Splits, device: torch.device) -> TrainConfig:
     """Fill every open choice from the data and the machine: strategy; optimizer, LR and weight decay that
     suit it (AdamW at 1e-3 to fine-tune pretrained weights, Nesterov SGD from scratch); batch size (small to
@@ -252,6 +269,9 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device) -> TrainConf
         amp = device.type == "cuda" or (on_cpu and cpu_has_bf16() and scratch)
     photos = not isinstance(splits.train, ImageSet)  # small squares (CIFAR) are ImageSets, see data/photos.py
     return cfg.replace(
+        data=str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data,  # resumable from anywhere
+        flip=cfg.flip if cfg.flip is not None else not _looks_grey(splits.train),
+        crop_pad=cfg.crop_pad if cfg.crop_pad is not None else _default_crop_pad(splits.train.image_size),
         strategy=strategy, optimizer=optimizer, lr=lr,
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WEIGHT_DECAY[optimizer],
         batch_size=batch_size, image_size=data_input_size(cfg) or splits.train.image_size, amp=amp,

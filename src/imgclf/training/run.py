@@ -19,7 +19,7 @@ from imgclf.data.loaders import BatchAugment, eval_batch_size, make_loader
 from imgclf.data.photos import Preprocess, train_transform
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits, summarize
-from imgclf.fileio import write_json
+from imgclf.fileio import write_json, write_with
 from imgclf.models import build_model
 from imgclf.models.checkpoint import checkpoint_config, load_checkpoint
 from imgclf.runtime import resolve_amp, resolve_device, seed_everything
@@ -31,7 +31,8 @@ from imgclf.training.staged import stage_head
 from imgclf.training.trainer import Trainer
 
 UNBOUNDED_EPOCHS = 1_000_000  # a time-budgeted run without --epochs stops on time alone
-RESUME_OVERRIDABLE = {"epochs", "time_budget", "quiet", "device", "num_workers"}
+# what --resume may change: where and how long it runs, never what it learns
+RESUME_OVERRIDABLE = {"epochs", "time_budget", "quiet", "device", "num_workers", "data", "data_dir", "out"}
 
 
 @dataclass
@@ -70,6 +71,7 @@ def eval_loader_for(cfg: TrainConfig, data: Any, device: torch.device) -> Any:
 
 
 def new_run_dir(out: str | None, cfg: TrainConfig) -> Path:
+    """The run's folder, not yet created: nothing is written until the data and settings have been checked."""
     if out is None:
         stem = Path(cfg.data).name.split(".")[0] or "run"
         out = f"runs/{stem}-{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -77,8 +79,30 @@ def new_run_dir(out: str | None, cfg: TrainConfig) -> Path:
     if (run_dir / "checkpoints" / "last.pt").exists():
         raise UserError(f"{run_dir} already holds a run; pass --resume {run_dir}/checkpoints/last.pt "
                         "or another --out")
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def resume_run(resume: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig, Path]:
+    """Continue a checkpoint exactly: only where and how long it runs may change (RESUME_OVERRIDABLE);
+    anything that would change what it learns is refused, and it writes only inside a run directory."""
+    ckpt = load_checkpoint(resume)
+    saved = checkpoint_config(ckpt)
+    changed = sorted(k for k, v in overrides.items()
+                     if k not in RESUME_OVERRIDABLE | {"extra"} and getattr(saved, k, None) != v)
+    if changed:
+        raise UserError(f"--resume continues {resume} exactly, so it cannot change {', '.join(changed)}; "
+                        "start a new run (another --out) to train with other settings")
+    cfg = saved.replace(**{k: v for k, v in overrides.items() if k in RESUME_OVERRIDABLE})
+    path = Path(resume).resolve()
+    home = path.parent.parent
+    if overrides.get("out") and Path(overrides["out"]).resolve() != home:
+        return ckpt, cfg, new_run_dir(overrides["out"], cfg)
+    if path.parent.name != "checkpoints" or not (home / "config.yaml").is_file():
+        raise UserError(f"{resume} is not inside a run directory (RUN/checkpoints/last.pt); "
+                        "pass --out NEW_DIR to continue it in a new run directory")
+    for stale in [*home.glob(".*.tmp"), *path.parent.glob(".*.tmp")]:  # left by a kill or a full disk
+        stale.unlink(missing_ok=True)
+    return ckpt, cfg, home
 
 
 def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any] | None = None,
@@ -89,10 +113,7 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     """
     ckpt = None
     if resume:
-        ckpt = load_checkpoint(resume)
-        allowed = {k: v for k, v in (overrides or {}).items() if k in RESUME_OVERRIDABLE}
-        cfg = checkpoint_config(ckpt).replace(**allowed)
-        run_dir = Path(resume).resolve().parent.parent
+        ckpt, cfg, run_dir = resume_run(resume, overrides or {})
     else:
         run_dir = new_run_dir(cfg.out, cfg)
     dist = distributed.setup(cfg)
@@ -133,8 +154,9 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     if cfg.early_stop_patience:
         callbacks.append(cb.EarlyStopping(cfg.early_stop_patience, cfg.early_stop_min_delta))
     if dist.is_main:
-        callbacks += [cb.HistoryCSV(run_dir / "history.csv"), cb.LRMonitor(run_dir / "lr_schedule.csv"),
-                      cb.Checkpointer(run_dir / "checkpoints"), cb.ProgressBar(False if cfg.quiet else None)]
+        # the checkpoint first: history.csv never shows an epoch that last.pt does not hold
+        callbacks += [cb.Checkpointer(run_dir / "checkpoints"), cb.HistoryCSV(run_dir / "history.csv"),
+                      cb.LRMonitor(run_dir / "lr_schedule.csv"), cb.ProgressBar(False if cfg.quiet else None)]
     callbacks += extra_callbacks or []
     head_seconds = (extra.get("staged") or {}).get("seconds", 0.0)  # ran before the Trainer's clock
     trainer = Trainer(model, cfg, train_loader, val_loader, optimizer=optimizer,
@@ -146,7 +168,7 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
         if plan is not None:
             plan.prepare_resume(trainer, ckpt["trainer"]["epoch"])
         trainer.load_state_dict(ckpt)
-    elif dist.is_main:
+    if dist.is_main and not (run_dir / "config.yaml").is_file():  # a new run, or a resume moved by --out
         cfg.to_yaml(run_dir / "config.yaml")
         write_json(run_dir / "classes.json", classes)
 
@@ -183,7 +205,8 @@ def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, amp_dt
             plain, _ = predict_logits(trainer.model, loader, amp_dtype=amp_dtype)
             results[name]["accuracy_without_tta"] = loss_and_accuracy(plain, labels)[1]
         if is_main:
-            np.savez(run_dir / f"predictions_{name}.npz", logits=logits.numpy(), labels=labels.numpy())
+            write_with(run_dir / f"predictions_{name}.npz",
+                       lambda f: np.savez(f, logits=logits.numpy(), labels=labels.numpy()))  # noqa: B023 - called now
     images_seen = trainer.step * cfg.batch_size
     return {
         "val_accuracy": results["val"]["accuracy"],
