@@ -13,6 +13,7 @@ import yaml
 
 from imgclf.errors import UserError
 from imgclf.fileio import write_text
+from imgclf.yamlio import read_mapping
 
 if TYPE_CHECKING:
     import torch
@@ -104,16 +105,7 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing or malformed file is a user error."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
-    try:
-        values = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(values, dict):
-        raise UserError(f"{p}: expected a mapping of config keys")
-    return values
+    return read_mapping(path)
 
 
 def list_recipes() -> dict[str, str]:
@@ -132,10 +124,7 @@ def recipe_values(name: str) -> dict[str, Any]:
     recipes = list_recipes()
     if name not in recipes:
         raise UserError(f"unknown recipe {name!r}; available: {', '.join(recipes) or 'none'} (see `imgclf recipes`)")
-    values = yaml.safe_load((resources.files("imgclf") / "recipes" / f"{name}.yaml").read_text()) or {}
-    if not isinstance(values, dict):
-        raise UserError(f"recipe {name!r} is not a mapping of config keys")
-    return values
+    return read_mapping(resources.files("imgclf") / "recipes" / f"{name}.yaml", f"recipe {name!r}")
 
 
 _CHOICES = {

@@ -183,21 +183,17 @@ def run_lr_find(cfg: Any, out: str | Path = "lr_find", start_lr: float = 1e-6, e
     Writes OUT/lr_find.png, OUT/lr_find.csv and OUT/lr_find.json; returns the suggestion and the paths.
     """
     from imgclf.config import resolve
-    from imgclf.models import build_model
     from imgclf.reporting import figures as figs
     from imgclf.runtime import resolve_amp, resolve_device, seed_everything
     from imgclf.training.optim import build_optimizer
     from imgclf.training.plan import optimizer_groups, plan_finetune
-    from imgclf.training.run import load_data, train_loader_for
+    from imgclf.training.run import load_data, model_for, train_loader_for
 
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     splits = load_data(cfg)
     cfg = resolve(cfg, splits, device)
-    model = build_model(cfg.model, len(splits.classes), pretrained=cfg.pretrained, weights=cfg.weights,
-                        dropout=cfg.dropout, width=cfg.width).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model_for(cfg, len(splits.classes), device)
     optimizer = build_optimizer(optimizer_groups(model, cfg, plan_finetune(model, cfg)), cfg)
     loader = train_loader_for(cfg, splits.train, device)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)

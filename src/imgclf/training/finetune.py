@@ -51,6 +51,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from imgclf.models.base import ImageClassifier
 from imgclf.training.callbacks import Callback
+from imgclf.training.optim import decay_split
 
 if TYPE_CHECKING:
     from imgclf.config import TrainConfig
@@ -101,12 +102,12 @@ def _backbone_groups(model: ImageClassifier) -> list[list[nn.Parameter]]:
 
 def _split(params: list[nn.Parameter], name: str, lr: float, scale: float,
            weight_decay: float) -> list[dict[str, Any]]:
-    """Kernels and matrices decay; 1-d parameters (norm weights, biases) do not."""
-    out = [{"params": [p for p in params if p.ndim > 1], "lr": lr * scale, "weight_decay": weight_decay,
-            "lr_scale": scale, "name": name},
-           {"params": [p for p in params if p.ndim <= 1], "lr": lr * scale, "weight_decay": 0.0,
-            "lr_scale": scale, "name": f"{name}/no_decay"}]
-    return [g for g in out if g["params"]]
+    """Kernels and matrices decay; 1-d parameters (norm weights, biases) do not (optim.decay_split), each
+    group named and scaled for the discriminative LRs."""
+    groups = decay_split(params, lr * scale, weight_decay)
+    for group in groups:
+        group.update(lr_scale=scale, name=name if group["params"][0].ndim > 1 else f"{name}/no_decay")
+    return groups
 
 
 def param_groups(model: nn.Module, strategy: str, lr: float, weight_decay: float,

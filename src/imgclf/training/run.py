@@ -50,6 +50,13 @@ def load_data(cfg: TrainConfig) -> Splits:
                        stream={"stream": True, "memory": False}.get(cfg.loader))  # auto: None, decided by size
 
 
+def model_for(cfg: TrainConfig, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """The configured network on `device`, channels-last where the resolved config says so."""
+    model = build_model(cfg.model, num_classes, pretrained=cfg.pretrained, weights=cfg.weights,
+                        dropout=cfg.dropout, width=cfg.width).to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
 def preprocess_for(cfg: TrainConfig) -> Preprocess:
     """The evaluation view of a resolved config (also what predict, serve and ONNX use)."""
     return Preprocess(cfg.image_size, cfg.resize, cfg.crop_fraction)
@@ -126,10 +133,7 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     cfg = resolve(cfg, splits, device)  # every default decided here; a resumed config is already resolved
     amp_dtype = resolve_amp(cfg, device)
 
-    model = build_model(cfg.model, len(classes), pretrained=cfg.pretrained, weights=cfg.weights,
-                        dropout=cfg.dropout, width=cfg.width).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model_for(cfg, len(classes), device)
     train_loader = train_loader_for(cfg, splits.train, device)
     val_loader = eval_loader_for(cfg, splits.val, device)
     extra: dict[str, Any] = {"input_size": cfg.image_size, "preprocess": preprocess_for(cfg).to_dict()}

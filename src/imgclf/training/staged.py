@@ -30,6 +30,7 @@ from imgclf.models.base import ImageClassifier
 from imgclf.runtime import autocast
 from imgclf.training.callbacks import Callback
 from imgclf.training.finetune import freeze_backbone, freeze_bn_stats, unwrap
+from imgclf.training.optim import decay_split
 
 HEAD_LR = 3e-3  # AdamW on cached features; the head is linear, so a high LR with cosine decay converges fast
 HEAD_BATCH = 64
@@ -74,10 +75,7 @@ def train_head(head: nn.Module, features_of: Callable[[torch.Tensor], torch.Tens
     `features_of(index)` gives the features of the examples at `index`: slices of a cache here, or a forward
     pass of the frozen backbone (the tests check both give the same head).
     """
-    params = [p for p in head.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}], lr=HEAD_LR)
+    optimizer = torch.optim.AdamW(decay_split(head.parameters(), HEAD_LR, cfg.weight_decay), lr=HEAD_LR)
     n = len(labels)
     steps_per_epoch = math.ceil(n / HEAD_BATCH)
     total = max(1, epochs * steps_per_epoch)
