@@ -17,6 +17,13 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     return cache
 
 
+@pytest.fixture(autouse=True)
+def outside_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own temp folder, so default output paths (runs/..., lr_find/) never land in the
+    checkout; tests name their files by absolute path."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_folder(tmp_path / "imgs", splits=True, per_class=30)

@@ -1,75 +1,234 @@
 """Argument parsing only: every command calls into the modules that do the work.
 
-User mistakes raise UserError anywhere below; `main` prints them as one line and exits 2.
+User mistakes raise UserError anywhere below, and bad flag values fail in the parser; both print one line
+(`imgclf: error: ...`) and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
+import re
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, NoReturn
 
 import yaml
 
 from imgclf.config import TrainConfig, from_dict, load_yaml, recipe_values
 from imgclf.errors import TrainingDiverged, UserError
 
-# Flags that map one-to-one onto TrainConfig fields: (flag, field, type, help).
+DESCRIPTION = """\
+Train image classifiers on a laptop CPU, one GPU or several: a CNN from scratch, or an
+ImageNet-pretrained network fine-tuned on your own photos. imgclf compares the two on the same
+data and budget, explains each run in a report, and serves the winner over HTTP.
+
+DATA is `digits` (bundled, works offline), `cifar10`, a folder of <class>/<image> (optionally
+split into train/ val/ test/), or a .tar, .tar.gz, .tar.xz or .zip archive of one."""
+
+EPILOG = """\
+examples:
+  imgclf train --data digits --out runs/digits
+  imgclf evaluate --checkpoint runs/digits/checkpoints/best.pt
+  imgclf compare --data photos.tar.xz --out runs/photos
+  imgclf report runs/digits
+  imgclf serve --checkpoint runs/digits/checkpoints/best.pt
+  imgclf doctor
+
+`imgclf COMMAND --help` shows each command's options and their defaults."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (`imgclf: error: ...`), like every other user mistake,
+    instead of argparse's usage block followed by the message."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("imgclf").strip()
+        hint = f"imgclf {where} --help" if where else "imgclf --help"
+        self.exit(2, f"imgclf: error: {where + ': ' if where else ''}{message} (see {hint})\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default unless the help already says it or there is none to show."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+# -- flag values, checked where they are parsed so that a bad one never starts any work ---------------------
+
+def number(kind: type[int] | type[float], name: str, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = False) -> Callable[[str], int | float]:
+    """An argparse type: `kind` within [low, high] (open ends where asked), with a message naming `name`."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(f"{name} must be {'above' if low_open else 'at least'} {low:g}, "
+                                             f"got {text}")
+        if high is not None and (value >= high if high_open else value > high):
+            raise argparse.ArgumentTypeError(f"{name} must be {'below' if high_open else 'at most'} {high:g}, "
+                                             f"got {text}")
+        return value
+
+    return parse
+
+
+def existing_file(what: str) -> Callable[[str], str]:
+    """An argparse type for a file to read: missing is refused before any work starts (compare would
+    otherwise train its first variants before the one that reads the file fails)."""
+
+    def check(text: str) -> str:
+        if not Path(text).is_file():
+            raise argparse.ArgumentTypeError(f"{what} not found: {text}")
+        return text
+
+    return check
+
+
+CHECKPOINT, ONNX_FILE = existing_file("checkpoint"), existing_file("ONNX file")
+CHECKPOINT_HELP = "a checkpoint written by `imgclf train` (RUN_DIR/checkpoints/best.pt or last.pt)"
+
+
+def new_path(text: str) -> str:
+    """A path to write to: it may be missing, but must not be an existing file where a folder is meant."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return text
+
+
+def file_path(text: str) -> str:
+    """A file to write (ONNX): not an existing folder."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name such as model.onnx")
+    return text
+
+
+def device(text: str) -> str:
+    if text not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", text):
+        raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def host(text: str) -> str:
+    """An IP address or a host name (checked for its form here; bound by the server)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?", text):
+            raise argparse.ArgumentTypeError(f"not an IP address or host name: {text!r}") from None
+    return text
+
+
+def api_key(text: str) -> str:
+    """Non-empty and header-safe: an empty key would silently leave the server open."""
+    if not text or not re.fullmatch(r"[\x21-\x7e]+", text):
+        raise argparse.ArgumentTypeError("the API key must be non-empty printable ASCII without spaces")
+    return text
+
+
+def _default(dest: str) -> Any:
+    return next(f.default for f in fields(TrainConfig) if f.name == dest)
+
+
+# Flags that map one-to-one onto TrainConfig fields: (flag, field, type, help). The default shown in --help
+# is the TrainConfig's own; where that is None the help says how the run decides (config.resolve).
 _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data", "data", str, "cifar10 | digits | an image folder | an archive (.tar, .tar.gz, .tar.xz, .zip)"),
-    ("--data-dir", "data_dir", str, "where `cifar10` looks for the official batches"),
-    ("--model", "model", str, "model name (see `imgclf models`)"),
-    ("--weights", "weights", str, "a state dict file to load into the backbone"),
-    ("--strategy", "strategy", str, "fine-tuning: auto | full | linear_probe | gradual"),
-    ("--epochs", "epochs", int, "number of epochs"),
-    ("--batch-size", "batch_size", int, "mini-batch size"),
-    ("--lr", "lr", float, "peak learning rate"),
-    ("--optimizer", "optimizer", str, "sgd | adamw"),
-    ("--weight-decay", "weight_decay", float, "weight decay (not applied to norms and biases)"),
+    ("--data-dir", "data_dir", new_path, "where `cifar10` looks for (or downloads) the official batches "
+     "(default: ~/.cache/imgclf/cifar10)"),
+    ("--model", "model", str, "model name (see `imgclf models`), or timm:NAME with --weights"),
+    ("--weights", "weights", existing_file("weights file"), "a state dict file (.pth, .pt, .safetensors) to load "
+     "into the backbone"),
+    ("--strategy", "strategy", str, "auto | scratch | staged | full | linear_probe | gradual (auto: staged "
+     "fine-tuning with pretrained weights, else from scratch)"),
+    ("--epochs", "epochs", number(int, "epochs", 1), "number of epochs (default: 10, or as many as fit in "
+     "--time-budget)"),
+    ("--batch-size", "batch_size", number(int, "batch_size", 1), "mini-batch size (default: 256, 32 to fine-tune "
+     "on a CPU; never over 1/8 of the training images)"),
+    ("--lr", "lr", number(float, "lr", 0, low_open=True), "peak learning rate (default: 0.1 for sgd, 2e-3 for "
+     "adamw, 1e-3 to fine-tune)"),
+    ("--optimizer", "optimizer", str, "sgd | adamw (default: sgd from scratch, adamw to fine-tune)"),
+    ("--weight-decay", "weight_decay", number(float, "weight_decay", 0), "weight decay, not applied to norms and "
+     "biases (default: 5e-4 for sgd, 0.05 for adamw)"),
     ("--schedule", "schedule", str, "onecycle | cosine | step | linear | constant"),
-    ("--label-smoothing", "label_smoothing", float, "label smoothing"),
-    ("--dropout", "dropout", float, "dropout before the classifier"),
-    ("--image-size", "image_size", int, "model input size in pixels (default: the pretrained weights' own, else "
-     "the data's, 64 for photos)"),
-    ("--resize", "resize", str, "photos at evaluation and inference: crop (short side, centre 0.875; default) | pad "
+    ("--label-smoothing", "label_smoothing", number(float, "label_smoothing", 0, 1, high_open=True),
+     "label smoothing"),
+    ("--dropout", "dropout", number(float, "dropout", 0, 1, high_open=True), "dropout before the classifier"),
+    ("--image-size", "image_size", number(int, "image_size", 8), "model input size in pixels (default: the "
+     "pretrained weights' own, else the data's, 64 for photos)"),
+    ("--resize", "resize", str, "photos at evaluation and inference: crop (short side, centre 0.875) | pad "
      "(whole photo, letterboxed) | squash (whole photo, stretched)"),
-    ("--val-fraction", "val_fraction", float, "share of train held out for validation"),
-    ("--subset", "subset", int, "use at most N training images"),
-    ("--train-fraction", "train_fraction", float, "use this share of the training images"),
-    ("--seed", "seed", int, "random seed"),
-    ("--device", "device", str, "auto | cpu | cuda"),
-    ("--amp-dtype", "amp_dtype", str, "bf16 | fp16"),
-    ("--grad-clip", "grad_clip", float, "clip the gradient norm to this value"),
-    ("--time-budget", "time_budget", float, "stop training after this many seconds, then evaluate and save"),
-    ("--early-stop", "early_stop_patience", int, "stop after N epochs without val-accuracy gain"),
+    ("--val-fraction", "val_fraction", number(float, "val_fraction", 0, 1, low_open=True, high_open=True),
+     "share of train held out for validation when the data has no val split"),
+    ("--subset", "subset", number(int, "subset", 1), "use at most N training images (default: all)"),
+    ("--train-fraction", "train_fraction", number(float, "train_fraction", 0, 1, low_open=True),
+     "use this share of the training images"),
+    ("--seed", "seed", number(int, "seed", 0, 2**32 - 1), "random seed"),
+    ("--device", "device", device, "auto | cpu | cuda | cuda:N"),
+    ("--amp-dtype", "amp_dtype", str, "bf16 | fp16 (on a CPU always bf16)"),
+    ("--grad-clip", "grad_clip", number(float, "grad_clip", 0, low_open=True),
+     "clip the gradient norm to this value (default: no clipping)"),
+    ("--time-budget", "time_budget", number(float, "time_budget", 0, low_open=True),
+     "seconds of training, then evaluate and save; the LR schedule anneals to it (default: no budget)"),
+    ("--early-stop", "early_stop_patience", number(int, "early_stop", 1),
+     "stop after N epochs without val-accuracy gain (default: off)"),
     ("--loader", "loader", str, "memory | stream | auto (stream a folder too big for a quarter of RAM)"),
-    ("--num-workers", "num_workers", int, "worker processes of the streaming loader"),
+    ("--num-workers", "num_workers", number(int, "num_workers", 0), "worker processes of the streaming loader"),
+    ("--crop-pad", "crop_pad", number(int, "crop_pad", 0), "small images: random-translate padding in pixels "
+     "(0: off)"),
+    ("--cutout", "cutout", number(int, "cutout", 0), "small images: cutout square side in pixels (0: off)"),
 ]
 _TRAIN_SWITCHES: list[tuple[str, str, str]] = [
-    ("pretrained", "pretrained", "start from ImageNet weights"),
-    ("amp", "amp", "mixed precision (default: on for CUDA)"),
+    ("pretrained", "pretrained", "start from ImageNet weights (see `imgclf models`)"),
+    ("amp", "amp", "mixed precision (default: on for CUDA, and on CPUs with native bf16 from scratch)"),
     ("channels-last", "channels_last", "channels_last memory format"),
     ("compile", "compile", "torch.compile the model"),
-    ("flip", "flip", "random horizontal flips"),
+    ("flip", "flip", "random horizontal flips in training"),
     ("tta", "tta", "test-time augmentation (mirror and 1-px shifts) in the final evaluation"),
-    ("sync-bn", "sync_bn", "SyncBatchNorm under DDP"),
-    ("quiet", "quiet", "no progress bar"),
+    ("sync-bn", "sync_bn", "SyncBatchNorm under torchrun"),
+    ("quiet", "quiet", "no progress output"),
 ]
+
+
+def _with_default(dest: str, help_text: str) -> str:
+    """The help text, followed by the TrainConfig default unless the text already says how it is decided."""
+    value = _default(dest)
+    if "default" in help_text:
+        return help_text
+    if value is None:
+        return f"{help_text} (default: decided from the data and machine; config.yaml records it)"
+    shown = {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    return f"{help_text} (default: {shown})"
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
-    """The TrainConfig flags shared by train, compare and lr-find (all default to 'not given')."""
+    """The TrainConfig flags shared by train, compare and lr-find (all default to 'not given', so that a
+    recipe, --config and --set can set them)."""
     for flag, dest, typ, help_text in _TRAIN_FLAGS:
-        p.add_argument(flag, dest=dest, type=typ, default=None, help=help_text)
+        p.add_argument(flag, dest=dest, type=typ, default=None, help=_with_default(dest, help_text))
     for name, dest, help_text in _TRAIN_SWITCHES:
-        p.add_argument(f"--{name}", dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-    p.add_argument("--crop-pad", dest="crop_pad", type=int, default=None, help="random-translate padding (0: off)")
-    p.add_argument("--cutout", dest="cutout", type=int, default=None, help="cutout square side (0: off)")
-    p.add_argument("--config", help="YAML file of config keys")
-    p.add_argument("--recipe", help="a recipe shipped with imgclf, applied under your own flags (`imgclf recipes`)")
+        p.add_argument(f"--{name}", dest=dest, action=argparse.BooleanOptionalAction, default=None,
+                       help=_with_default(dest, help_text))
+    p.add_argument("--config", metavar="FILE.yaml", type=existing_file("config file"),
+                   help="YAML file of config keys")
+    p.add_argument("--recipe", metavar="NAME", help="a recipe shipped with imgclf, applied under your own flags "
+                   "(`imgclf recipes`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, value parsed as YAML; repeatable")
 
@@ -92,19 +251,38 @@ def given_values(args: argparse.Namespace) -> dict[str, Any]:
         if not sep:
             raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         values[key.strip().replace("-", "_")] = yaml.safe_load(raw)
-    for dest in [d for _, d, _, _ in _TRAIN_FLAGS] + [d for _, d, _ in _TRAIN_SWITCHES] + ["crop_pad", "cutout", "out"]:
+    for dest in [d for _, d, _, _ in _TRAIN_FLAGS] + [d for _, d, _ in _TRAIN_SWITCHES] + ["out"]:
         value = getattr(args, dest, None)
         if value is not None:
             values[dest] = value
     return values
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (RANK), or a plain process: only it prints results, so there is one JSON."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _say(message: str) -> None:
+    if is_main_process():
+        print(f"imgclf: {message}", file=sys.stderr, flush=True)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from imgclf.training.run import train
+    from imgclf.training.callbacks import AnnounceRunDir
+    from imgclf.training.run import new_run_dir, train
 
     cfg = config_from_args(args)
-    result = train(cfg, resume=args.resume, overrides=given_values(args))
-    print(json.dumps(result.metrics, indent=2))
+    overrides = given_values(args)
+    if args.resume:  # the checkpoint's own run directory, or --out to continue in a new one
+        where = Path(cfg.out) if cfg.out else Path(args.resume).resolve().parent.parent
+    else:
+        where = new_run_dir(cfg.out, cfg)  # the default name (runs/DATA-MODEL-TIME) fixed now, to print it
+        cfg = cfg.replace(out=str(where))
+    result = train(cfg, resume=args.resume, overrides=overrides, extra_callbacks=[AnnounceRunDir(where)])
+    if is_main_process():
+        print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
+    _say(f"wrote {result.run_dir} (`imgclf report {result.run_dir}` renders its report)")
     return 0
 
 
@@ -134,7 +312,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     base = config_from_args(args)
     result = run_compare(base, out=args.out_dir, preset=args.preset, variants_file=args.variants,
                          fractions=args.fractions, budget=args.budget)
-    print(json.dumps({"out": str(args.out_dir), "verdict": result["verdict"]}, indent=2))
+    report = Path(args.out_dir) / "report.html"
+    runs = [r["run_dir"] for r in result["runs"] if not r.get("error")]
+    print(json.dumps({"out": str(args.out_dir), "report": str(report), "runs": runs,
+                      "verdict": result["verdict"]}, indent=2))
+    if runs:
+        _say(f"each run's own report: imgclf report {runs[0]}")
+    _say(f"report: {report}")
     return 0
 
 
@@ -203,110 +387,156 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from imgclf.doctor import collect, render
+
+    facts = collect()
+    print(json.dumps(facts, indent=2) if args.json else render(facts))
+    return 0
+
+
+def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    parser = argparse.ArgumentParser(
-        prog="imgclf", description="Train image classifiers from scratch or by fine-tuning a pretrained network, "
-        "compare them, and serve the winner. `imgclf COMMAND --help` for each command.")
     try:
-        parser.add_argument("--version", action="version", version=f"imgclf {version('imgclf')}")
+        return version("imgclf")
     except PackageNotFoundError:  # running from a source tree that was never installed
-        parser.add_argument("--version", action="version", version="imgclf (not installed)")
-    sub = parser.add_subparsers(dest="command", required=True)
+        return "(not installed)"
 
-    p = sub.add_parser("train", help="train a model; writes a run directory")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="imgclf", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"imgclf {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=description or summary, formatter_class=HelpFormatter)
+
+    p = command("train", "train a model; writes a run directory",
+                "Train a model from scratch or fine-tune a pretrained one. Writes a run directory (config.yaml, "
+                "history.csv, metrics.json, classes.json, checkpoints/last.pt and best.pt), prints its path at "
+                "start and end, and prints the final metrics as JSON.")
     add_train_options(p)
-    p.add_argument("--out", dest="out", help="run directory (default: runs/DATA-MODEL-TIME)")
-    p.add_argument("--resume", help="RUN_DIR/checkpoints/last.pt to continue from")
+    p.add_argument("--out", dest="out", type=new_path, help="run directory (default: runs/DATA-MODEL-TIME)")
+    p.add_argument("--resume", metavar="CHECKPOINT", type=CHECKPOINT, help="RUN_DIR/checkpoints/last.pt to continue "
+                   "from")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix as JSON")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", help="DATA (default: the checkpoint's own)")
-    p.add_argument("--data-dir")
-    p.add_argument("--split", choices=["test", "val"], default="test")
+    p = command("evaluate", "accuracy, loss, per-class accuracy and confusion matrix as JSON")
+    p.add_argument("--checkpoint", type=CHECKPOINT, required=True, help=CHECKPOINT_HELP)
+    p.add_argument("--data", help="DATA to evaluate on (default: the checkpoint's own)")
+    p.add_argument("--data-dir", type=new_path, help="where `cifar10` looks for the official batches "
+                   "(default: the checkpoint's own)")
+    p.add_argument("--split", choices=["test", "val"], default="test", help="which split to evaluate")
     p.add_argument("--tta", action="store_true", help="average over the mirrored and 1-px shifted image")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify image files; JSON lines on stdout")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--checkpoint")
-    p.add_argument("--onnx")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", default="auto")
+    p = command("predict", "classify image files; JSON lines on stdout")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--checkpoint", type=CHECKPOINT, help=f"{CHECKPOINT_HELP} (or give --onnx)")
+    p.add_argument("--onnx", type=ONNX_FILE, help="a model written by `imgclf export` (or give --checkpoint)")
+    p.add_argument("--top-k", type=number(int, "top_k", 1), default=5, help="how many labels to list per image")
+    p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("compare", help="train variants on one split and write a comparison report")
+    p = command("compare", "train variants on one split and write a comparison report",
+                "Train several variants (by default from scratch vs fine-tuning a pretrained network) on the "
+                "same split with the same budget; writes DIR/report.html, report.md and comparison.json, and "
+                "each run's directory under DIR/runs/.")
     add_train_options(p)
-    p.add_argument("--out", dest="out_dir", required=True, help="report directory")
+    p.add_argument("--out", dest="out_dir", type=new_path, required=True, help="report directory")
     p.add_argument("--preset", default="transfer", help="transfer (scratch vs fine-tune) | regularization")
-    p.add_argument("--variants", help="YAML of named variants: {name: {config overrides}}")
-    p.add_argument("--fractions", help="training-set fractions to sweep, for example 0.1,0.5,1.0")
-    p.add_argument("--budget", type=float, help="seconds of training for each run (default: derived from the data "
-                   "and this machine, printed; --epochs N for equal epochs, --early-stop N to train each until "
-                   "validation accuracy stops improving)")
+    p.add_argument("--variants", metavar="FILE.yaml", type=existing_file("variants file"),
+                   help="YAML of named variants: {name: {config overrides}}, "
+                   "instead of a preset")
+    p.add_argument("--fractions", help="training-set fractions to sweep, for example 0.1,0.5,1.0 (default: all "
+                   "of it once)")
+    p.add_argument("--budget", type=number(float, "budget", 0, low_open=True),
+                   help="seconds of training for each run (default: derived from the data and this machine, "
+                   "printed; --epochs N for equal epochs, --early-stop N to train each until validation accuracy "
+                   "stops improving)")
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("report", help="write RUN_DIR/report.html and report.md")
-    p.add_argument("run_dir")
+    p = command("report", "write RUN_DIR/report.html and report.md")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `imgclf train`")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("lr-find", help="learning-rate range test")
+    p = command("lr-find", "learning-rate range test: prints a suggested LR and saves the plot")
     add_train_options(p)
-    p.add_argument("--out", dest="out_dir", default="lr_find", help="folder for the plot")
-    p.add_argument("--start-lr", type=float, default=1e-6)
-    p.add_argument("--end-lr", type=float, default=10.0)
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--out", dest="out_dir", type=new_path, default="lr_find", help="folder for the plot")
+    p.add_argument("--start-lr", type=number(float, "start_lr", 0, low_open=True), default=1e-6,
+                   help="the smallest LR tried")
+    p.add_argument("--end-lr", type=number(float, "end_lr", 0, low_open=True), default=10.0,
+                   help="the largest LR tried")
+    p.add_argument("--steps", type=number(int, "steps", 2), default=100, help="training steps, one LR each")
     p.set_defaults(func=_cmd_lr_find)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX, verified against torch")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--opset", type=int, default=18)
+    p = command("export", "export a checkpoint to ONNX, verified against torch")
+    p.add_argument("--checkpoint", type=CHECKPOINT, required=True, help=CHECKPOINT_HELP)
+    p.add_argument("--out", type=file_path, required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=number(int, "opset", 7), default=18, help="ONNX opset version")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("serve", help="HTTP inference server (FastAPI)")
-    p.add_argument("--checkpoint")
-    p.add_argument("--onnx")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require this key in the X-API-Key header (or set IMGCLF_API_KEY)")
-    p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=10.0,
+    p = command("serve", "HTTP inference server (FastAPI)",
+                "Serve a model over HTTP: POST /predict (form field `file`), POST /predict/batch (form field "
+                "`files`, repeated), GET /health, /metadata, /docs and a page at /.")
+    p.add_argument("--checkpoint", type=CHECKPOINT, help=f"{CHECKPOINT_HELP} (or give --onnx)")
+    p.add_argument("--onnx", type=ONNX_FILE, help="a model written by `imgclf export` (or give --checkpoint)")
+    p.add_argument("--host", type=host, default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=number(int, "port", 0, 65535), default=8000, help="port to listen on")
+    p.add_argument("--api-key", type=api_key, help="require this key in the X-API-Key header (default: "
+                   "$IMGCLF_API_KEY, else no key)")
+    p.add_argument("--max-batch-size", type=number(int, "max_batch_size", 1), default=32,
+                   help="most images in one forward pass")
+    p.add_argument("--max-wait-ms", type=number(float, "max_wait_ms", 0), default=10.0,
                    help="how long a request may wait for others to share its forward pass")
-    p.add_argument("--max-upload-bytes", type=int, default=10 * 1024 * 1024)
-    p.add_argument("--max-pixels", type=int, default=40_000_000)
-    p.add_argument("--max-files", type=int, default=64)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--max-upload-bytes", type=number(int, "max_upload_bytes", 1), default=10 * 1024 * 1024,
+                   help="larger uploads are refused with 413")
+    p.add_argument("--max-pixels", type=number(int, "max_pixels", 1), default=40_000_000,
+                   help="larger images (decompression bombs) are refused with 413")
+    p.add_argument("--max-files", type=number(int, "max_files", 1), default=64,
+                   help="most files in one /predict/batch request")
+    p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("scratch-nn", help="the NumPy network written from scratch")
+    p = command("scratch-nn", "the NumPy network written from scratch")
     p.add_argument("--gradcheck", action="store_true", help="check every layer and loss against finite differences")
-    p.add_argument("--data", default="digits")
-    p.add_argument("--data-dir")
-    p.add_argument("--out", help="run directory")
+    p.add_argument("--data", default="digits", help="DATA to train on")
+    p.add_argument("--data-dir", type=new_path, help="where `cifar10` looks for the official batches "
+                   "(default: ~/.cache/imgclf/cifar10)")
+    p.add_argument("--out", type=new_path, help="run directory (default: none written)")
     p.add_argument("--conv", action="store_true", help="a small CNN instead of an MLP")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adam"], default="adam")
-    p.add_argument("--hidden", type=int, nargs="+", default=[128, 64])
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--patience", type=int, default=5)
-    p.add_argument("--time-budget", type=float)
-    p.add_argument("--subset", type=int)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=number(int, "epochs", 1), default=30, help="most epochs")
+    p.add_argument("--batch-size", type=number(int, "batch_size", 1), default=64, help="mini-batch size")
+    p.add_argument("--lr", type=number(float, "lr", 0, low_open=True), default=None,
+                   help="learning rate (default: 1e-3 for adam, 0.1 for sgd, 0.05 with momentum)")
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adam"], default="adam",
+                   help="optimizer")
+    p.add_argument("--hidden", type=number(int, "hidden", 1), nargs="+", default=[128, 64],
+                   help="hidden layer widths of the MLP (default: 128 64)")
+    p.add_argument("--weight-decay", type=number(float, "weight_decay", 0), default=1e-4, help="L2 weight decay")
+    p.add_argument("--dropout", type=number(float, "dropout", 0, 1, high_open=True), default=0.0,
+                   help="dropout between hidden layers")
+    p.add_argument("--patience", type=number(int, "patience", 1), default=5,
+                   help="stop after N epochs without val-accuracy gain")
+    p.add_argument("--time-budget", type=number(float, "time_budget", 0, low_open=True),
+                   help="stop after this many seconds (default: no budget)")
+    p.add_argument("--subset", type=number(int, "subset", 1), help="use at most N training images (default: all)")
+    p.add_argument("--image-size", type=number(int, "image_size", 4),
+                   help="resize images to this side (default: the data's own)")
+    p.add_argument("--seed", type=number(int, "seed", 0, 2**32 - 1), default=0, help="random seed")
     p.set_defaults(func=_cmd_scratch_nn)
 
-    p = sub.add_parser("models", help="list the model names")
+    p = command("models", "list the model names and whether their ImageNet weights are installed")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("recipes", help="list the shipped recipes (--recipe NAME)")
+    p = command("recipes", "list the shipped recipes (--recipe NAME)")
     p.set_defaults(func=_cmd_recipes)
+
+    p = command("doctor", "this machine in one screen: Python, torch, CPU, CUDA, weights, cache, extras")
+    p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    p.set_defaults(func=_cmd_doctor)
     return parser
 
 

@@ -9,7 +9,7 @@ import csv
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm import tqdm
 
@@ -34,15 +34,19 @@ class Callback:
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch; off when stderr is not a terminal or with --quiet."""
+    """Progress on stderr; off with --quiet. On a terminal a tqdm bar per epoch; elsewhere (a log file, a pipe,
+    CI) one flushed line an epoch, since tqdm there would print nothing for minutes."""
 
-    def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+    def __init__(self, enabled: bool | None = None, stream: TextIO | None = None) -> None:
+        self.enabled = True if enabled is None else enabled
+        self.stream = stream or sys.stderr
+        self.bars = self.enabled and self.stream.isatty()
         self.bar: tqdm | None = None
 
     def on_epoch_start(self, trainer: Trainer) -> None:
-        if self.enabled:
-            self.bar = tqdm(total=len(trainer.train_loader), desc=f"epoch {trainer.epoch + 1}", leave=False)
+        if self.bars:
+            self.bar = tqdm(total=len(trainer.train_loader), desc=f"epoch {trainer.epoch + 1}", leave=False,
+                            file=self.stream)
 
     def on_batch_end(self, trainer: Trainer, loss: float) -> None:
         if self.bar is not None:
@@ -54,8 +58,28 @@ class ProgressBar(Callback):
             self.bar.close()
             self.bar = None
         if self.enabled:
-            tqdm.write(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
-                       f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | {row['seconds']:.1f}s")
+            tqdm.write(epoch_line(trainer, row), file=self.stream)
+            self.stream.flush()
+
+
+def epoch_line(trainer: Trainer, row: dict[str, Any]) -> str:
+    """One epoch in one line: how far (of the epochs or the time budget), losses, accuracies, training time."""
+    cfg = trainer.config
+    of = f"/{cfg.epochs}" if cfg.epochs else ""
+    clock = f"{row['seconds']:.1f}s" + (f" of {trainer.time_budget:g}s" if trainer.time_budget else "")
+    return (f"epoch {row['epoch']}{of}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | lr {row['lr']:.2e} | {clock}")
+
+
+class AnnounceRunDir(Callback):
+    """Says where the run is written once training starts (after its inputs were checked), on rank 0 only."""
+
+    def __init__(self, run_dir: Path, stream: TextIO | None = None) -> None:
+        self.run_dir, self.stream = run_dir, stream or sys.stderr
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.is_main:
+            print(f"imgclf: training; run directory: {self.run_dir}", file=self.stream, flush=True)
 
 
 class HistoryCSV(Callback):
