@@ -12,6 +12,10 @@ endif
 ifndef OUT
 OUT := runs/compare-$(shell date +%Y%m%d-%H%M%S)
 endif
+# the bundled 8x8 digits are a quick offline check: 60 s a run (compare would derive 240 s for Lite2 at 260 px)
+ifeq ($(DATA),digits)
+ARGS ?= --budget 60
+endif
 ARGS ?=
 
 ifneq ($(filter command line environment,$(origin DATA)),)

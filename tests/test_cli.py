@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -79,6 +80,16 @@ def test_every_command_has_help_with_defaults(capsys: pytest.CaptureFixture[str]
                 assert "default" in formatter._get_help_string(action), (name, action.option_strings)
     train_help = run_cli(["train", "--help"], capsys)[1]
     assert "(default: digits)" in " ".join(train_help.split())  # --data no longer defaults silently
+
+
+def test_every_flag_a_help_text_names_exists() -> None:
+    parser = build_parser()
+    parsers = [parser, *subcommands().values()]
+    known = {flag for p in parsers for a in p._actions for flag in a.option_strings}
+    texts = [parser.description, parser.epilog] + [t for p in parsers for t in (p.description, *(a.help for a in
+                                                                                                   p._actions))]
+    named = {flag for text in texts if text for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)}
+    assert named and named <= known, sorted(named - known)
 
 
 def test_help_examples_parse() -> None:
