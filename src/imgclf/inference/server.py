@@ -276,10 +276,10 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
     settings.check()
     decode_threads = settings.decode_threads or min(4, os.cpu_count() or 1)
     # Two lanes, each with its own threads: decoding costs about its pixel count (a 16 MP PNG about 0.3 s,
-    # a photo-sized one a few ms), so large images take turns on their own threads and a flood of them
-    # queues behind itself, never in front of small images.
-    lanes = {large: _Lane(threads, f"imgclf-decode-{'large' if large else 'small'}")
-             for large, threads in ((False, decode_threads), (True, max(1, decode_threads // 2)))}
+    # a photo-sized one a few ms), so a flood of large images queues behind itself, never in front of small
+    # images. Both lanes may use every core; the OS shares them, and its scheduler favours the short decodes
+    # that wake up over the long ones that keep running.
+    lanes = {large: _Lane(decode_threads, f"imgclf-decode-{'large' if large else 'small'}") for large in (False, True)}
 
     def run_batch(items: list[tuple[torch.Tensor, int]]) -> list[dict[str, Any]]:
         probs = predictor.probabilities(torch.cat([x for x, _ in items]))
