@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,20 +49,28 @@ class FileSet:
 
 @dataclass
 class Splits:
-    """train / val / test of one source; test is None where the source has none."""
+    """train / val / test of one source; test is None where the source has none. `skipped` names the
+    files left out because they are not readable images (relative to the source, printable: bytes that are
+    not UTF-8 as \\xNN), so a run can record them; a cache hit restores them."""
 
     train: ImageSet | FileSet
     val: ImageSet | FileSet
     test: ImageSet | FileSet | None
     source: str = ""
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
         return self.train.classes
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, held_out): a seeded split that holds out `fraction` of every class."""
+def stratified_split(labels: np.ndarray, fraction: float, seed: int,
+                     classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held_out): a seeded split that holds out `fraction` of every class.
+
+    Data too thin to split is refused naming the class (from `classes`, else its label), not sklearn's index.
+    """
+    _check_splittable(labels, fraction, classes)
     index = np.arange(len(labels))
     try:
         kept, held = train_test_split(index, test_size=fraction, stratify=labels, random_state=seed)
@@ -70,14 +79,31 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(kept), np.sort(held)
 
 
-def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+def _check_splittable(labels: np.ndarray, fraction: float, classes: list[str] | None) -> None:
+    """The two conditions a stratified split needs, as user errors: every class has 2 images, and both
+    sides of the split hold at least one image per class."""
+    present, counts = np.unique(labels, return_counts=True)
+    names = [classes[i] if classes is not None else str(i) for i in present]
+    thin = [(n, c) for n, c in zip(names, counts, strict=True) if c < 2]
+    if thin:
+        listed = ", ".join(f"class {n!r} has {c} image" for n, c in thin[:3])
+        raise UserError(f"cannot split {len(labels)} images {fraction:.0%} per class: {listed}; each class needs "
+                        "at least 2 (add images, or leave the class out)")
+    held = math.ceil(fraction * len(labels))  # sklearn's rounding: the held-out side rounds up
+    if min(held, len(labels) - held) < len(present):
+        raise UserError(f"cannot split {len(labels)} images {fraction:.0%} per class: one side would hold "
+                        f"{min(held, len(labels) - held)} images for {len(present)} classes (change --val-fraction "
+                        "or add images)")
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int, classes: list[str] | None = None) -> np.ndarray:
     """Indices of a seeded, class-balanced subset of `size` images (all of them when size >= N)."""
     if size >= len(labels):
         return np.arange(len(labels))
     num_classes = len(np.unique(labels))
     if size < num_classes:
         raise UserError(f"subset of {size} images is smaller than the {num_classes} classes")
-    kept, _ = stratified_split(labels, 1.0 - size / len(labels), seed)
+    kept, _ = stratified_split(labels, 1.0 - size / len(labels), seed, classes)
     return kept
 
 

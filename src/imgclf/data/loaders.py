@@ -157,6 +157,11 @@ class PhotoLoader(_EpochSeeded):
     def __len__(self) -> int:
         return self._num_batches(len(self.dataset))
 
+    @property
+    def unreadable(self) -> list[str]:
+        """Streamed files met so far that did not decode (their header opened when the data was listed)."""
+        return sorted(self.dataset.unreadable)
+
     def __iter__(self) -> Iterator[Batch]:
         order = self._order(len(self.dataset), self._generator()).tolist()
         batches = seeded_batches(order, self.batch_size, len(self), self.seed if self.augmenting else None,

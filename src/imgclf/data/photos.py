@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 
-from imgclf.data.decode import decode_image
+from imgclf.data.decode import decode_image, printable_name
 from imgclf.errors import UserError
 
 CROP_FRACTION = 0.875  # the standard ImageNet evaluation crop: 224 out of 256
@@ -175,11 +175,12 @@ class PhotoDataset(Dataset):
     """Item (index, seed or None) -> (uint8 or float (3, S, S), label); seed None is the evaluation view.
 
     The images come from memory (PhotoSet) or are decoded from their files (FileSet), in DataLoader
-    workers where there are any.
+    workers where there are any. `unreadable` collects (in the main process) the files that failed to decode.
     """
 
     def __init__(self, data: Any, preprocess: Preprocess, augment: v2.Compose | None) -> None:
         self.data, self.preprocess, self.augment = data, preprocess, augment
+        self.unreadable: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.data)
@@ -189,17 +190,15 @@ class PhotoDataset(Dataset):
             return self.data.images[i]
         return self.preprocess.decode(self.data.paths[i])
 
-    def __getitem__(self, item: tuple[int, int | None]) -> tuple[torch.Tensor, int] | None:
-        """None for a file that does not decode (streamed data): the batch goes on without it, and the
-        file is named on stderr."""
+    def __getitem__(self, item: tuple[int, int | None]) -> tuple[torch.Tensor, int] | str:
+        """The file's name for a file that does not decode (streamed data whose header opened but whose
+        pixels do not, a truncated file): the batch goes on without it, and iterate_photos names it once."""
         i, seed = item
         label = int(self.data.labels[i])
         try:
             image = self.image(i)
-        except Exception as exc:  # noqa: BLE001 - PIL raises many types for a corrupt or non-image file
-            print(f"imgclf: warning: skipped {self.data.paths[i]}: not a readable image ({exc.__class__.__name__})",
-                  file=sys.stderr)
-            return None
+        except Exception:  # noqa: BLE001 - PIL raises many types for a corrupt or non-image file
+            return printable_name(self.data.paths[i])
         if seed is None or self.augment is None:
             return self.preprocess.view(image), label
         chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
@@ -216,9 +215,11 @@ def seeded_batches(order: list[int], batch_size: int, num_batches: int, seed: in
     return [items[b * batch_size:(b + 1) * batch_size] for b in range(num_batches)]
 
 
-def _collate_readable(items: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    kept = [item for item in items if item is not None]
-    return default_collate(kept) if kept else None
+def _collate_readable(items: list[tuple[torch.Tensor, int] | str],
+                      ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, list[str]]:
+    """(the batch of readable items or None, the names of the unreadable ones)."""
+    kept = [item for item in items if not isinstance(item, str)]
+    return (default_collate(kept) if kept else None), [item for item in items if isinstance(item, str)]
 
 
 def iterate_photos(dataset: PhotoDataset, batches: list[list[tuple[int, int | None]]], device: torch.device,
@@ -226,7 +227,11 @@ def iterate_photos(dataset: PhotoDataset, batches: list[list[tuple[int, int | No
     """Float NCHW batches on `device`; decoding and augmentation in `num_workers` processes (0: here)."""
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate_readable,
                         pin_memory=device.type == "cuda", persistent_workers=False)
-    for batch in loader:
+    for batch, unreadable in loader:
+        for name in unreadable:
+            if name not in dataset.unreadable:  # named once, not once an epoch
+                dataset.unreadable.add(name)
+                print(f"imgclf: warning: skipped {name}: not a readable image", file=sys.stderr)
         if batch is None:  # every file of the batch was unreadable
             continue
         x, y = batch

@@ -2,29 +2,41 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import io
 import json
+import lzma
 import os
 import pickle
+import struct
 import sys
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from imgclf.data.decode import decode_image
+from imgclf.data.decode import decode_image, opens_as_image, printable_name
 from imgclf.data.imageset import FileSet, ImageSet, Splits, check_usable, stratified_split, stratified_subset
 from imgclf.data.photos import PhotoSet, is_small_square_set, working_side
 from imgclf.errors import UserError
-from imgclf.fileio import write_with
+from imgclf.fileio import write_text, write_with
 
-CACHE_VERSION = 2  # 2: photos keep their aspect ratio
+CACHE_VERSION = 3  # 2: photos keep their aspect ratio; 3: 16-bit images scaled, skipped files named
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
 DEFAULT_PHOTO_INPUT = 64  # photos from scratch when no --image-size is given: small nets train fast at 64 px
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+COMPRESSED_TAR = {b"\x1f\x8b": gzip.open, b"\xfd7zXZ\x00": lzma.open, b"BZh": bz2.open}  # magic -> opener
+# what a damaged archive raises while it is read (zipfile: NotImplementedError for an unknown method,
+# RuntimeError for a set encryption flag, UnicodeDecodeError/ValueError for a mangled name)
+ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, zlib.error, EOFError, OSError,
+                  NotImplementedError, RuntimeError, ValueError, struct.error)
+SHOWN_NAMES = 5  # a warning names this many skipped files; Splits.skipped holds all of them
 
 
 def cache_dir() -> Path:
@@ -60,7 +72,7 @@ def load_splits(data: str, *, data_dir: str | None = None, image_size: int | Non
     if subset is not None or train_fraction < 1.0:
         size = len(splits.train) if subset is None else min(subset, len(splits.train))
         size = max(1, round(size * train_fraction))
-        splits.train = splits.train.take(stratified_subset(splits.train.labels, size, seed))
+        splits.train = splits.train.take(stratified_subset(splits.train.labels, size, seed, splits.classes))
     return check_usable(splits)
 
 
@@ -109,9 +121,10 @@ def _cifar10(data_dir: str | None, val_fraction: float, seed: int) -> Splits:
     return _with_val(train, test, val_fraction, seed, "cifar10")
 
 
-def _with_val(train: ImageSet, test: ImageSet | None, val_fraction: float, seed: int, source: str) -> Splits:
-    kept, held = stratified_split(train.labels, val_fraction, seed)
-    return Splits(train.take(kept), train.take(held), test, source=source)
+def _with_val(train: ImageSet | PhotoSet | FileSet, test: ImageSet | PhotoSet | FileSet | None, val_fraction: float,
+              seed: int, source: str, skipped: list[str] | None = None) -> Splits:
+    kept, held = stratified_split(train.labels, val_fraction, seed, train.classes)
+    return Splits(train.take(kept), train.take(held), test, source=source, skipped=skipped or [])
 
 
 # -- folders and archives ------------------------------------------------------------------------------------
@@ -154,22 +167,42 @@ def _train_classes(path: Path, groups: dict[str, list[tuple[str, str]]]) -> tupl
 
 
 def _list_members(path: Path) -> tuple[list[str], Callable[[str], bytes | Path]]:
-    """Image members (posix relative names) of a folder or archive, and a function that reads one."""
-    name = path.name.lower()
+    """Image members (posix relative names) of a folder or archive, and a function that reads one.
+
+    A link to nothing (dangling, or a loop) is listed like a file, so that it is skipped and named with the
+    other unreadable files rather than vanishing or crashing the listing.
+    """
     if path.is_dir():
         members = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
-                         if p.is_file() and not p.name.startswith("."))
+                         if (p.is_file() or (p.is_symlink() and not p.exists())) and not p.name.startswith("."))
         return _images_only(members), lambda m: path / m
+    blobs = _read_archive(path)
+    return _images_only(sorted(blobs)), blobs.pop
+
+
+def _read_archive(path: Path) -> dict[str, bytes]:
+    """Every file of a .zip or a tar (plain, .gz, .xz, .bz2), read to the archive's end, so a damaged one is
+    refused here with one line before anything is decoded or cached, never half-read: zip members are
+    checked against their CRC-32, a compressed tar against its stream checksum, and a tar listing that
+    stops early (tarfile ends quietly at a broken member header) by the block it stopped at not being zeros."""
     try:
-        if name.endswith(".zip"):
-            archive = zipfile.ZipFile(path)
-            members = sorted(i.filename for i in archive.infolist() if not i.is_dir())
-            return _images_only(members), archive.read
-        tar = tarfile.open(path)
-        blobs = {m.name.removeprefix("./"): tar.extractfile(m).read() for m in tar if m.isfile()}  # one pass
-        return _images_only(sorted(blobs)), blobs.pop
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise UserError(f"{path}: cannot read archive ({exc})") from None
+        if path.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as archive:
+                return {i.filename: archive.read(i) for i in archive.infolist() if not i.is_dir()}
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        opener = next((o for m, o in COMPRESSED_TAR.items() if magic.startswith(m)), open)
+        with opener(path, "rb") as f:
+            raw = f.read()
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+            blobs = {m.name.removeprefix("./"): tar.extractfile(m).read() for m in tar if m.isfile()}
+            end = tar.offset
+        if raw[end:end + tarfile.BLOCKSIZE].strip(b"\0"):  # the listing stopped at a header, not at the end
+            raise tarfile.ReadError(f"a broken member header at byte {end}, after {len(blobs)} files")
+        return blobs
+    except ARCHIVE_ERRORS as exc:
+        detail = " ".join(str(exc).split()) or exc.__class__.__name__
+        raise UserError(f"{path}: damaged or unreadable archive, nothing loaded ({detail})") from None
 
 
 def _images_only(members: list[str]) -> list[str]:
@@ -178,12 +211,16 @@ def _images_only(members: list[str]) -> list[str]:
 
 
 def _fingerprint(path: Path, image_size: int | None) -> str:
-    """Cache key: a changed archive (size, mtime) or folder listing (names, sizes, mtimes) is re-read."""
-    h = hashlib.sha256(f"{CACHE_VERSION}|{path.resolve()}|{image_size}".encode())
+    """Cache key: a changed archive (size, mtime) or folder listing (names, sizes, mtimes) is re-read.
+    Names are hashed as bytes (a name need not be UTF-8), and a link to nothing by the link itself."""
+    h = hashlib.sha256(os.fsencode(f"{CACHE_VERSION}|{path.resolve()}|{image_size}"))
     if path.is_dir():
         for p in sorted(path.rglob("*")):
-            st = p.stat()
-            h.update(f"{p.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            try:
+                st = p.stat()
+            except OSError:  # dangling or looping link
+                st = p.lstat()
+            h.update(os.fsencode(f"{p.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n"))
     else:
         st = path.stat()
         h.update(f"{st.st_size}|{st.st_mtime_ns}".encode())
@@ -194,19 +231,32 @@ def _cached_tree(path: Path, image_size: int | None, val_fraction: float, seed: 
     key = _fingerprint(path, image_size)
     cache = cache_dir() / f"{path.name}-{key}.npz"
     if cache.is_file():
-        parts = _read_cache(cache)
+        parts, skipped, dropped = _read_cache(cache)
     else:
-        parts, skipped = _decode_tree(path, image_size)
-        _write_cache(cache, parts, skipped)
+        parts, skipped, dropped = _decode_tree(path, image_size)
+        _write_cache(cache, parts, skipped, dropped)
+    _warn_unreadable(skipped, dropped)  # on a cache hit too: the data still lacks them
     train = parts.get("train", parts.get(""))
     if "val" in parts:
-        return Splits(train, parts["val"], parts.get("test"), source=str(path))
-    return _with_val(train, parts.get("test"), val_fraction, seed, str(path))
+        return Splits(train, parts["val"], parts.get("test"), source=str(path), skipped=skipped)
+    return _with_val(train, parts.get("test"), val_fraction, seed, str(path), skipped)
 
 
-def _write_cache(cache: Path, parts: dict[str, ImageSet | PhotoSet], skipped: int) -> None:
+def _warn_unreadable(skipped: list[str], dropped: list[str]) -> None:
+    """One line for the files left out, one for classes left without a readable training image."""
+    if skipped:
+        shown = ", ".join(skipped[:SHOWN_NAMES]) + (f" and {len(skipped) - SHOWN_NAMES} more"
+                                                    if len(skipped) > SHOWN_NAMES else "")
+        print(f"imgclf: warning: skipped {len(skipped)} file(s) that are not readable images: {shown}",
+              file=sys.stderr)
+    if dropped:
+        print(f"imgclf: warning: dropped class(es) {', '.join(map(repr, dropped))}: none of their training "
+              "files is a readable image", file=sys.stderr)
+
+
+def _write_cache(cache: Path, parts: dict[str, ImageSet | PhotoSet], skipped: list[str], dropped: list[str]) -> None:
     first = next(iter(parts.values()))
-    meta = {"classes": first.classes, "splits": list(parts), "skipped": skipped,
+    meta = {"classes": first.classes, "splits": list(parts), "skipped": skipped, "dropped": dropped,
             "photos": isinstance(first, PhotoSet), "image_size": first.image_size}
     arrays = {}
     for split, part in parts.items():
@@ -215,50 +265,61 @@ def _write_cache(cache: Path, parts: dict[str, ImageSet | PhotoSet], skipped: in
     write_with(cache, lambda f: np.savez(f, meta=json.dumps(meta), **arrays))  # per-pid temp: ranks may race
 
 
-def _read_cache(cache: Path) -> dict[str, ImageSet | PhotoSet]:
+def _read_cache(cache: Path) -> tuple[dict[str, ImageSet | PhotoSet], list[str], list[str]]:
     stored = np.load(cache, allow_pickle=False)
     meta = json.loads(str(stored["meta"]))
     if meta["photos"]:
-        return {s: PhotoSet.unpack(stored[f"{s}_pixels"], stored[f"{s}_shapes"], stored[f"{s}_labels"],
-                                   meta["classes"], meta["image_size"]) for s in meta["splits"]}
-    return {s: ImageSet(stored[f"{s}_images"], stored[f"{s}_labels"], meta["classes"]) for s in meta["splits"]}
+        parts = {s: PhotoSet.unpack(stored[f"{s}_pixels"], stored[f"{s}_shapes"], stored[f"{s}_labels"],
+                                    meta["classes"], meta["image_size"]) for s in meta["splits"]}
+    else:
+        parts = {s: ImageSet(stored[f"{s}_images"], stored[f"{s}_labels"], meta["classes"]) for s in meta["splits"]}
+    return parts, meta["skipped"], meta["dropped"]
 
 
-def _decode_tree(path: Path, image_size: int | None) -> tuple[dict[str, ImageSet | PhotoSet], int]:
+def _without_unreadable(path: Path, groups: dict[str, list[tuple[str, str]]], unreadable: set[str],
+                        ) -> tuple[dict[str, list[tuple[str, str]]], list[str], list[str]]:
+    """The groups less their unreadable members, the classes still holding a readable training image, and
+    the classes that lost all of theirs: those are dropped from every split (a class the model never sees
+    cannot be learned or scored), and fewer than two left is refused."""
+    train_key, listed = _train_classes(path, groups)
+    kept = {s: [(c, m) for c, m in items if m not in unreadable] for s, items in groups.items()}
+    classes = sorted({c for c, _ in kept[train_key]})
+    dropped = [c for c in listed if c not in classes]
+    if dropped and len(classes) < 2:
+        raise UserError(f"{path}: need at least 2 classes with readable images; no training file of "
+                        f"{', '.join(map(repr, dropped))} is a readable image")
+    if dropped:
+        kept = {s: [(c, m) for c, m in items if c in classes] for s, items in kept.items()}
+    return kept, classes, dropped
+
+
+def _decode_tree(path: Path, image_size: int | None) -> tuple[dict[str, ImageSet | PhotoSet], list[str], list[str]]:
     """Decode every image in parallel threads (Pillow releases the GIL while decoding); small squares of
-    one size become ImageSets, anything else PhotoSets at the working size of `image_size`."""
+    one size become ImageSets, anything else PhotoSets at the working size of `image_size`. Also returns
+    the skipped (unreadable) members and the dropped classes."""
     tree = _Tree(path)
     groups = tree.layout()
-    _, classes = _train_classes(path, groups)
-    index = {c: i for i, c in enumerate(classes)}
     input_size = image_size or DEFAULT_PHOTO_INPUT
     side = working_side(input_size)
-    skipped: list[str] = []
-    decoded: dict[str, tuple[list[np.ndarray], list[int]]] = {}
+    members = [m for items in groups.values() for _, m in items]
     workers = max(2, os.cpu_count() or 2)
     with ThreadPoolExecutor(workers) as pool:
-        for split, items in groups.items():
-            arrays = pool.map(lambda item: _try_decode(tree.read(item[1]), side), items, chunksize=64)
-            images, labels = decoded.setdefault(split, ([], []))
-            for (cls, member), array in zip(items, arrays, strict=True):
-                if array is None:
-                    skipped.append(member)
-                    continue
-                images.append(array)
-                labels.append(index[cls])
-    if skipped:
-        print(f"imgclf: warning: skipped {len(skipped)} file(s) that are not readable images "
-              f"(first: {skipped[0]})", file=sys.stderr)
-    small = is_small_square_set([a.shape for images, _ in decoded.values() for a in images])
+        arrays = dict(zip(members, pool.map(lambda m: _try_decode(tree.read(m), side), members, chunksize=64),
+                          strict=True))
+    unreadable = [m for m in members if arrays[m] is None]
+    groups, classes, dropped = _without_unreadable(path, groups, set(unreadable))
+    index = {c: i for i, c in enumerate(classes)}
+    small = is_small_square_set([arrays[m].shape for items in groups.values() for _, m in items])
     parts: dict[str, ImageSet | PhotoSet] = {}
-    for split, (images, labels) in decoded.items():
-        y = np.asarray(labels, dtype=np.int64)
+    for split, items in groups.items():
+        images = [arrays[m] for _, m in items]
+        y = np.asarray([index[c] for c, _ in items], dtype=np.int64)
         if small:
             stacked = np.stack(images) if images else np.zeros((0, 8, 8, 3), np.uint8)
             parts[split] = ImageSet(stacked, y, classes)
         else:
             parts[split] = PhotoSet(images, y, classes, input_size)
-    return parts, len(skipped)
+    return parts, [printable_name(m) for m in unreadable], dropped
 
 
 def _try_decode(source: bytes | Path, short_side: int | None) -> np.ndarray | None:
@@ -280,15 +341,31 @@ def _too_big_for_memory(path: Path, image_size: int | None) -> bool:
 
 
 def _folder_files(path: Path, image_size: int | None, val_fraction: float, seed: int) -> Splits:
-    """The streaming form: paths and labels only, decoded batch by batch by the streaming loader."""
+    """The streaming form: paths and labels only, decoded batch by batch by the streaming loader. Files
+    whose header does not open are left out (skipped and named) here, as the memory form leaves them out."""
     groups = _Tree(path).layout()
-    train_key, classes = _train_classes(path, groups)
+    unreadable = _unopenable(path, [m for items in groups.values() for _, m in items])
+    groups, classes, dropped = _without_unreadable(path, groups, set(unreadable))
+    skipped = [printable_name(m) for m in unreadable]
+    _warn_unreadable(skipped, dropped)
+    train_key = "train" if "train" in groups else ""
     index = {c: i for i, c in enumerate(classes)}
     size = image_size or DEFAULT_PHOTO_INPUT
     parts = {s: FileSet([path / m for _, m in items], np.asarray([index[c] for c, _ in items], dtype=np.int64),
                         classes, size) for s, items in groups.items()}
-    train = parts[train_key]
     if "val" in parts:
-        return Splits(train, parts["val"], parts.get("test"), source=str(path))
-    kept, held = stratified_split(train.labels, val_fraction, seed)
-    return Splits(train.take(kept), train.take(held), parts.get("test"), source=str(path))
+        return Splits(parts[train_key], parts["val"], parts.get("test"), source=str(path), skipped=skipped)
+    return _with_val(parts[train_key], parts.get("test"), val_fraction, seed, str(path), skipped)
+
+
+def _unopenable(path: Path, members: list[str]) -> list[str]:
+    """Members of a folder whose image header does not open (in threads: it is file I/O); the answer is
+    kept in the cache under the folder's fingerprint, since a folder worth streaming is a large one."""
+    cache = cache_dir() / f"{path.name}-{_fingerprint(path, None)}.unreadable.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
+        opens = list(pool.map(lambda m: opens_as_image(path / m), members, chunksize=256))
+    bad = [m for m, ok in zip(members, opens, strict=True) if not ok]
+    write_text(cache, json.dumps(bad))
+    return bad
