@@ -141,3 +141,15 @@ def test_report_of_a_real_run_through_the_cli(tmp_path: Path, capsys: pytest.Cap
     assert capsys.readouterr().out.strip() == str(run / "report.html")
     embedded, written = embedded_vs_written(run)
     assert embedded == written == 6
+
+
+def test_skipped_files_are_counted_in_metrics_and_named_in_the_report(tmp_path: Path) -> None:
+    from imgclf.training.run import train
+
+    data = make_folder(tmp_path / "imgs", classes=3, per_class=10, splits=True)
+    (data / "train" / "class_0" / "broken.png").write_bytes(b"not an image at all")
+    result = train(TrainConfig(data=str(data), model="tiny", epochs=1, batch_size=8, quiet=True, device="cpu",
+                               out=str(tmp_path / "run")))
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["skipped_files"]["count"] == 1 and "broken.png" in metrics["skipped_files"]["first"][0]
+    assert "broken.png" in write_report(result.run_dir).with_suffix(".md").read_text()

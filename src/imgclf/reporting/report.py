@@ -71,6 +71,12 @@ def write_report(run_dir: str | Path, top_k: int = 18) -> Path:
         _errors_section(doc, logits, labels, classes, split)
         _top_losses_section(doc, run, logits, labels, classes, split, top_k)
         _calibration_section(doc, run, logits, labels, split)
+    skipped = m.get("skipped_files") or {}
+    if skipped.get("count"):
+        doc.heading("Files left out")
+        doc.paragraph(f"{skipped['count']} file(s) in the data were not readable images and were skipped; "
+                      f"the first {len(skipped['first'])}:")
+        doc.bullets([f"`{name}`" for name in skipped["first"]])
     if run.missing:
         doc.heading("What this run directory lacks")
         doc.paragraph("The report shows what it can; these parts were not found:")

@@ -30,6 +30,7 @@ from imgclf.training.plan import optimizer_groups, plan_finetune
 from imgclf.training.staged import stage_head
 from imgclf.training.trainer import Trainer
 
+SKIPPED_LISTED = 50  # unreadable files named in metrics.json (all are counted)
 UNBOUNDED_EPOCHS = 1_000_000  # a time-budgeted run without --epochs stops on time alone
 # what --resume may change: where and how long it runs, never what it learns
 RESUME_OVERRIDABLE = {"epochs", "time_budget", "quiet", "device", "num_workers", "data", "data_dir", "out"}
@@ -184,6 +185,7 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     if extra.get("staged"):  # the head phase ran before the Trainer's clock: count it as training time
         metrics["staged"] = extra["staged"]
         metrics["train_seconds"] = round(metrics["train_seconds"] + head_seconds, 3)
+    metrics["skipped_files"] = {"count": len(splits.skipped), "first": splits.skipped[:SKIPPED_LISTED]}
     metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     if dist.is_main:
