@@ -50,6 +50,7 @@ def small(data: ImageSet, n: int) -> ImageSet:
     return data.take(stratified_subset(data.labels, n, 1))
 
 
+@pytest.mark.slow
 def test_learns_a_cifar_subset(cifar: tuple[ImageSet, ImageSet]) -> None:
     """Batches of 250 at the per-step LR of 1024. Measured: 46-49 % with TTA, 44-49 % without, in 3-20 s of
     training on 2 shared cores; without the LR scaled up (the linear scaling rule's LR) 36 %."""
@@ -63,6 +64,7 @@ def test_learns_a_cifar_subset(cifar: tuple[ImageSet, ImageSet]) -> None:
     assert result["tta_accuracy"] >= result["accuracy"] - 0.02, result
 
 
+@pytest.mark.slow
 def test_same_seed_same_run(cifar: tuple[ImageSet, ImageSet]) -> None:
     train, test = small(cifar[0], 500), small(cifar[1], 200)
     cfg = shrunk(FAST).replace(log_every=1, precision="fp32", tta_level=1)
@@ -72,6 +74,7 @@ def test_same_seed_same_run(cifar: tuple[ImageSet, ImageSet]) -> None:
     assert first["losses"] != other["losses"]
 
 
+@pytest.mark.slow
 def test_whitening_gives_identity_second_moment(cifar: tuple[ImageSet, ImageSet]) -> None:
     x = normalize(torch.from_numpy(small(cifar[0], 300).images), channels_last=False)
     filters = patch_whitening(x, kernel=2, eps=1e-9)
@@ -93,6 +96,7 @@ def cpu_fp16_autocast_works() -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_half_precision_with_grad_scaler(cifar: tuple[ImageSet, ImageSet]) -> None:
     """fp16 autocast + GradScaler where this torch runs fp16 on a CPU, else bf16 (no scaler)."""
     fp16 = cpu_fp16_autocast_works()

@@ -125,6 +125,7 @@ def test_time_budget_stops_and_still_saves(tmp_path: Path) -> None:
     assert result.metrics["train_seconds"] < 5 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "f", classes=3, per_class=200, size=16)
     out = tmp_path / "run"
@@ -146,6 +147,7 @@ def test_kill_9_mid_epoch_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
     assert load_checkpoint(last)["trainer"]["epoch"] == ckpt["trainer"]["epoch"] + 1
 
 
+@pytest.mark.slow
 def test_short_real_cifar_run_beats_chance(tmp_path: Path) -> None:
     archive = require_cifar()
     cfg = TrainConfig(data=str(archive), model="fastcnn", subset=5000, epochs=5, batch_size=128, quiet=True,
