@@ -52,7 +52,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"imgclf: error: {where + ': ' if where else ''}{message} (see {hint})\n")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default unless the help already says it or there is none to show."""
 
     def __init__(self, prog: str) -> None:
@@ -62,6 +62,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+class TopHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The top-level help keeps the line breaks of its description and examples."""
 
 
 # -- flag values, checked where they are parsed so that a bad one never starts any work ---------------------
@@ -154,7 +158,7 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
      "(default: ~/.cache/imgclf/cifar10)"),
     ("--model", "model", str, "model name (see `imgclf models`), or timm:NAME with --weights"),
     ("--weights", "weights", existing_file("weights file"), "a state dict file (.pth, .pt, .safetensors) to load "
-     "into the backbone"),
+     "into the backbone (default: none)"),
     ("--strategy", "strategy", str, "auto | scratch | staged | full | linear_probe | gradual (auto: staged "
      "fine-tuning with pretrained weights, else from scratch)"),
     ("--epochs", "epochs", number(int, "epochs", 1), "number of epochs (default: 10, or as many as fit in "
@@ -405,7 +409,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="imgclf", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
+    parser = Parser(prog="imgclf", description=DESCRIPTION, epilog=EPILOG, formatter_class=TopHelpFormatter)
     parser.add_argument("--version", action="version", version=f"imgclf {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -417,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "history.csv, metrics.json, classes.json, checkpoints/last.pt and best.pt), prints its path at "
                 "start and end, and prints the final metrics as JSON.")
     add_train_options(p)
-    p.add_argument("--out", dest="out", type=new_path, help="run directory (default: runs/DATA-MODEL-TIME)")
+    p.add_argument("--out", dest="out", type=new_path, metavar="RUN_DIR",
+                   help="run directory (default: runs/DATA-MODEL-TIME)")
     p.add_argument("--resume", metavar="CHECKPOINT", type=CHECKPOINT, help="RUN_DIR/checkpoints/last.pt to continue "
                    "from")
     p.set_defaults(func=_cmd_train)
@@ -445,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "same split with the same budget; writes DIR/report.html, report.md and comparison.json, and "
                 "each run's directory under DIR/runs/.")
     add_train_options(p)
-    p.add_argument("--out", dest="out_dir", type=new_path, required=True, help="report directory")
+    p.add_argument("--out", dest="out_dir", type=new_path, metavar="DIR", required=True,
+                   help="report directory (DIR/report.html), with each run under DIR/runs/")
     p.add_argument("--preset", default="transfer", help="transfer (scratch vs fine-tune) | regularization")
     p.add_argument("--variants", metavar="FILE.yaml", type=existing_file("variants file"),
                    help="YAML of named variants: {name: {config overrides}}, "
