@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from helpers import require_cifar
 from imgclf.data import ImageSet, load_splits
 from imgclf.data.imageset import stratified_subset
+from imgclf.models.speednet import patch_whitening
 from imgclf.training.speedrun import (
     FAST,
     LONG,
     augment_epoch,
     lr_factor,
     normalize,
-    patch_whitening,
     run_speedrun,
     shrunk,
     translate,
@@ -150,3 +150,28 @@ def test_gpu_benchmark_smoke(script: str, cifar: tuple[ImageSet, ImageSet], tmp_
     else:
         assert set(printed["variants"]) == {"fp32", "fp32_no_tf32", "bf16", "fp16"}
         assert all(v["losses"] for v in printed["variants"].values())
+
+
+def test_recipe_speedrun_writes_a_run_that_predicts_and_refuses_photos(tmp_path: Path) -> None:
+    """`imgclf train --recipe speedrun` on 32 px images: a standard run directory whose checkpoint the
+    predictor loads, resume refused (final weights only), photos refused with one line."""
+    from helpers import imgclf, make_folder
+    from imgclf.inference.predictor import Predictor
+
+    data = make_folder(tmp_path / "imgs", classes=3, per_class=40, size=32, splits=True)
+    run = tmp_path / "run"
+    result = imgclf("train", "--data", str(data), "--recipe", "speedrun", "--epochs", "4", "--batch-size", "20",
+                    "--set", "width=0.25", "--device", "cpu", "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model"] == "speednet" and metrics["test_accuracy"] > 0.6, metrics
+    config = (run / "config.yaml").read_text()
+    assert "speedrun: fast" in config and "speedrun_config" in config
+    predictor = Predictor.load(checkpoint=str(run / "checkpoints" / "last.pt"), device="cpu")
+    picture = next((data / "test" / "class_1").iterdir())
+    assert predictor.predict_files([picture])[0]["label"] == "class_1"
+    again = imgclf("train", "--resume", str(run / "checkpoints" / "last.pt"))
+    assert again.returncode == 2 and "rerun it" in again.stderr
+    photos = make_folder(tmp_path / "photos", classes=2, per_class=12, size=80)
+    refused = imgclf("train", "--data", str(photos), "--recipe", "speedrun", "--out", str(tmp_path / "p"))
+    assert refused.returncode == 2 and "small square images" in refused.stderr

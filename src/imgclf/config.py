@@ -75,6 +75,7 @@ class TrainConfig:
     num_workers: int = 2
     sync_bn: bool = False
     tta: bool = False  # test-time augmentation (mirror, 1-px shifts) for the final evaluation
+    speedrun: str | None = None  # fast | long: train with the CIFAR speed-run engine (--recipe speedrun)
     quiet: bool = False
     out: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (for example a recipe's name)
@@ -136,6 +137,7 @@ _CHOICES = {
     "amp_dtype": {"bf16", "fp16"},
     "device": {"auto", "cpu", "cuda"},
     "loader": {"auto", "memory", "stream"},
+    "speedrun": {None, "fast", "long"},
 }
 
 

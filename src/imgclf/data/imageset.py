@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,3 +117,14 @@ def check_usable(splits: Splits) -> Splits:
         if part is not None and len(part) == 0:
             raise UserError(f"{splits.source}: the {name} split has no readable images")
     return splits
+
+
+def thin_train(splits: Splits, subset: int | None, fraction: float, seed: int) -> Splits:
+    """Training cut to a seeded per-class subset (`subset` images, then `fraction` of them); val and test
+    untouched, so runs on less data are scored on the same images."""
+    if subset is None and fraction >= 1.0:
+        return splits
+    size = len(splits.train) if subset is None else min(subset, len(splits.train))
+    size = max(1, round(size * fraction))
+    return dataclasses.replace(splits, train=splits.train.take(
+        stratified_subset(splits.train.labels, size, seed, splits.classes)))

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from imgclf.data.decode import decode_image, opens_as_image, printable_name
-from imgclf.data.imageset import FileSet, ImageSet, Splits, check_usable, stratified_split, stratified_subset
+from imgclf.data.imageset import FileSet, ImageSet, Splits, check_usable, stratified_split, thin_train
 from imgclf.data.photos import PhotoSet, is_small_square_set, working_side
 from imgclf.errors import UserError
 from imgclf.fileio import write_text, write_with
@@ -69,11 +69,7 @@ def load_splits(data: str, *, data_dir: str | None = None, image_size: int | Non
             splits = _cached_tree(path, image_size, val_fraction, seed)
         else:
             raise UserError(f"{data}: not a folder or an archive ({', '.join(ARCHIVE_SUFFIXES)})")
-    if subset is not None or train_fraction < 1.0:
-        size = len(splits.train) if subset is None else min(subset, len(splits.train))
-        size = max(1, round(size * train_fraction))
-        splits.train = splits.train.take(stratified_subset(splits.train.labels, size, seed, splits.classes))
-    return check_usable(splits)
+    return check_usable(thin_train(splits, subset, train_fraction, seed))
 
 
 # -- built-in sets -------------------------------------------------------------------------------------------

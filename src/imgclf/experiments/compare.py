@@ -44,15 +44,9 @@ def _decode_key(cfg: TrainConfig) -> tuple[Any, ...]:
 
 def thin(splits: Any, cfg: TrainConfig) -> Any:
     """The run's training set from shared splits: the same seeded per-class subset load_splits would take."""
-    from imgclf.data import Splits
-    from imgclf.data.imageset import stratified_subset
+    from imgclf.data.imageset import thin_train
 
-    if cfg.subset is None and cfg.train_fraction >= 1.0:
-        return splits
-    size = len(splits.train) if cfg.subset is None else min(cfg.subset, len(splits.train))
-    size = max(1, round(size * cfg.train_fraction))
-    train = splits.train.take(stratified_subset(splits.train.labels, size, cfg.seed))
-    return Splits(train, splits.val, splits.test, splits.source)
+    return thin_train(splits, cfg.subset, cfg.train_fraction, cfg.seed)
 
 
 def derived_budget(plans: list[Plan], shared: dict[tuple[Any, ...], Any]) -> float:

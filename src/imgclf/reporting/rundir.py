@@ -150,6 +150,9 @@ def split_images(config: dict[str, Any], split: str, labels: np.ndarray,
     if len(part) != len(labels) or not np.array_equal(np.asarray(part.labels), labels):
         return None, f"the {split} split of {cfg.data} no longer matches the saved predictions"
     if isinstance(part, FileSet):
-        return [decode_image(part.paths[i], working_side(part.image_size)) for i in index], None
+        try:
+            return [decode_image(part.paths[i], working_side(part.image_size)) for i in index], None
+        except Exception as exc:  # noqa: BLE001 - a file truncated since training must not kill the report
+            return None, f"an image could not be re-read ({exc.__class__.__name__})"
     return [part.images[i] for i in index], None
 

@@ -104,7 +104,7 @@ def _split(params: list[nn.Parameter], name: str, lr: float, scale: float,
            weight_decay: float) -> list[dict[str, Any]]:
     """Kernels and matrices decay; 1-d parameters (norm weights, biases) do not (optim.decay_split), each
     group named and scaled for the discriminative LRs."""
-    groups = decay_split(params, lr * scale, weight_decay)
+    groups = decay_split(params, lr * scale, weight_decay, only_trainable=False)  # frozen now, thawed later
     for group in groups:
         group.update(lr_scale=scale, name=name if group["params"][0].ndim > 1 else f"{name}/no_decay")
     return groups

@@ -11,9 +11,11 @@ from torch import nn
 from imgclf.config import TrainConfig
 
 
-def decay_split(params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups at one LR: matrices and kernels decay; norm weights and biases (1-d) do not."""
-    params = [p for p in params if p.requires_grad]
+def decay_split(params: Iterable[nn.Parameter], lr: float, weight_decay: float,
+                only_trainable: bool = True) -> list[dict[str, Any]]:
+    """Two groups at one LR: matrices and kernels decay; norm weights and biases (1-d) do not.
+    only_trainable=False keeps frozen parameters, for groups that must outlive an unfreeze (resume)."""
+    params = [p for p in params if p.requires_grad or not only_trainable]
     groups = [{"params": [p for p in params if p.ndim > 1], "lr": lr, "weight_decay": weight_decay},
               {"params": [p for p in params if p.ndim <= 1], "lr": lr, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]

@@ -94,6 +94,8 @@ def resume_run(resume: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], 
     """Continue a checkpoint exactly: only where and how long it runs may change (RESUME_OVERRIDABLE);
     anything that would change what it learns is refused, and it writes only inside a run directory."""
     ckpt = load_checkpoint(resume)
+    if "trainer" not in ckpt:
+        raise UserError(f"{resume} holds final weights only (a speed run, which takes seconds): rerun it instead")
     saved = checkpoint_config(ckpt)
     changed = sorted(k for k, v in overrides.items()
                      if k not in RESUME_OVERRIDABLE | {"extra"} and getattr(saved, k, None) != v)
@@ -131,6 +133,11 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     classes = splits.classes
     if ckpt is not None and ckpt["classes"] != classes:
         raise UserError(f"{resume}: trained on classes {ckpt['classes'][:3]}..., data has {classes[:3]}...")
+    if cfg.speedrun:  # the speed engine: its own loop, the same run directory
+        from imgclf.training.speedrun import train_speedrun
+
+        cfg, metrics, model = train_speedrun(cfg, splits, run_dir, device)
+        return TrainResult(run_dir, metrics, model, [], cfg)
     cfg = resolve(cfg, splits, device)  # every default decided here; a resumed config is already resolved
     amp_dtype = resolve_amp(cfg, device)
 
@@ -185,13 +192,21 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     if extra.get("staged"):  # the head phase ran before the Trainer's clock: count it as training time
         metrics["staged"] = extra["staged"]
         metrics["train_seconds"] = round(metrics["train_seconds"] + head_seconds, 3)
-    metrics["skipped_files"] = {"count": len(splits.skipped), "first": splits.skipped[:SKIPPED_LISTED]}
+    streamed = [name for loader in (train_loader, val_loader) for name in getattr(loader, "unreadable", [])]
+    metrics["skipped_files"] = skipped_summary(splits, streamed)
     metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     if dist.is_main:
         write_json(run_dir / "metrics.json", metrics)
     dist.teardown()
     return TrainResult(run_dir, metrics, model, trainer.history, cfg)
+
+
+def skipped_summary(splits: Splits, streamed: list[str] | None = None) -> dict[str, Any]:
+    """metrics.json's record of the unreadable files left out (at listing, or met while streaming): all
+    counted, the first SKIPPED_LISTED named."""
+    names = sorted(set(splits.skipped) | set(streamed or []))
+    return {"count": len(names), "first": names[:SKIPPED_LISTED]}
 
 
 def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, amp_dtype: torch.dtype | None,
