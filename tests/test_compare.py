@@ -36,7 +36,8 @@ def _check_outputs(out: Path) -> dict[str, Any]:
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     figures = list((out / "figures").glob("*.png"))
     assert len(DATA_URI.findall(html)) == len(figures) >= 3
-    assert (out / "report.md").is_file()
+    hinted = re.search(r"`imgclf report ([^`]+)`", (out / "report.md").read_text())
+    assert hinted and (Path(hinted.group(1)) / "metrics.json").is_file(), "the report's hint names no run"
     return comparison
 
 

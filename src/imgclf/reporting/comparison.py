@@ -128,9 +128,10 @@ def _runs_section(doc: Document, comparison: dict[str, Any], records: list[dict[
                     "" if is_ref else f"{100 * r.get('test_gain', 0.0):+.1f}"]
         rows.append(row)
     doc.table(header, rows, set(range(3, len(header))))
-    out = doc.folder
-    doc.note(f"Each run is a normal run directory under `{out}/runs/`; `imgclf report {out}/runs/NAME` gives its "
-             "full report. Peak RSS is the process's peak by the end of each run (the runs share one process).")
+    example = next((r["run_dir"] for r in comparison["runs"] if not r.get("error")), None)
+    doc.note(f"Each run is a normal run directory under `{doc.folder}/runs/`"
+             + (f"; `imgclf report {example}` gives its full report" if example else "")
+             + ". Peak RSS is the process's peak by the end of each run (the runs share one process).")
     for r in comparison["runs"]:
         if r.get("error"):
             doc.paragraph(f"**{r['name']}** is left out: {r['error']}")

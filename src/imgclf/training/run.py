@@ -175,7 +175,8 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
                       max_epochs=cfg.epochs or UNBOUNDED_EPOCHS, classes=classes, callbacks=callbacks,
                       amp_dtype=amp_dtype, train_model=train_model, is_main=dist.is_main,
                       agree=dist.agree if dist.active else None, checkpoint_extra=extra,
-                      time_budget=cfg.time_budget - head_seconds if cfg.time_budget else None)
+                      # the head phase may have used it all (a slow CPU): then the top trains one batch
+                      time_budget=max(cfg.time_budget - head_seconds, 1e-3) if cfg.time_budget else None)
     if ckpt is not None:
         if plan is not None:
             plan.prepare_resume(trainer, ckpt["trainer"]["epoch"])

@@ -35,6 +35,7 @@ from imgclf.training.optim import decay_split
 HEAD_LR = 3e-3  # AdamW on cached features; the head is linear, so a high LR with cosine decay converges fast
 HEAD_BATCH = 64
 MAX_HEAD_SHARE = 0.3  # under a time budget the head phase (feature extraction) takes at most this share
+PROGRESS_SECONDS = 15.0  # a feature pass longer than this reports how far it is
 MIN_TOP_EPOCHS = 4  # the top phase unfreezes only as deep as still fits this many epochs in its budget
 PROBE_STEPS = 1  # timed training steps per candidate depth (after one untimed)
 
@@ -55,15 +56,24 @@ class HeadReport:
 
 @torch.no_grad()
 def extract_features(model: ImageClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                     amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 features (N, num_features) and labels of every batch, the backbone in eval mode."""
+                     amp_dtype: torch.dtype | None, total: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 features (N, num_features) and labels of every batch, the backbone in eval mode. Given the
+    `total` to expect, a pass longer than PROGRESS_SECONDS says how far it is (on a slow CPU a large
+    network's pass takes minutes)."""
     was_training = model.training
     model.eval()
     feats, labels = [], []
+    started = last_said = time.perf_counter()
     for x, y in batches:
         with autocast(x.device, amp_dtype):
             feats.append(model.embed(x).float())
         labels.append(y)
+        now = time.perf_counter()
+        if total and now - last_said > PROGRESS_SECONDS:
+            done = sum(len(b) for b in labels)
+            print(f"imgclf: staged fine-tuning: features of {done}/{total} images "
+                  f"({done / (now - started):.1f} img/s)", file=sys.stderr, flush=True)
+            last_said = now
     model.train(was_training)
     return torch.cat(feats), torch.cat(labels)
 
@@ -106,14 +116,14 @@ def fit_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, augmente
     """Phase 1: features of the clean view and of augmented views (`augmented(k)` yields the k-th), then
     the head trained on all of them. Under a `budget` the views are cut to what MAX_HEAD_SHARE of it buys."""
     started = time.perf_counter()
-    feats, labels = extract_features(model, clean, amp_dtype)
+    feats, labels = extract_features(model, clean, amp_dtype, total=num_train)
     rate = num_train / max(time.perf_counter() - started, 1e-9)
     views = cfg.feature_views
     if budget:
         views = max(1, min(views, int(MAX_HEAD_SHARE * budget * rate / max(num_train, 1))))
     parts, part_labels = [feats], [labels]
     for k in range(1, views):
-        f, y = extract_features(model, augmented(k), amp_dtype)
+        f, y = extract_features(model, augmented(k), amp_dtype, total=num_train)
         parts.append(f)
         part_labels.append(y)
     cache, targets = torch.cat(parts), torch.cat(part_labels)
@@ -211,6 +221,10 @@ def stage_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, train_
     plan = {"head": report.to_dict(), "unfreeze_groups": depth, "groups": groups,
             "top_images_per_second": {str(k): round(v, 1) for k, v in rates.items()},
             "seconds": round(time.perf_counter() - started, 3)}  # head phase and depth probing: part of the budget
+    if announce and cfg.time_budget and plan["seconds"] > cfg.time_budget:
+        print(f"imgclf: warning: the head phase took {plan['seconds']:.0f}s of a {cfg.time_budget:g}s budget "
+              f"(features at {report.extract_images_per_second:.1f} img/s on this machine); the top layers get "
+              "one batch. Give a larger --time-budget or a smaller --image-size.", file=sys.stderr)
     if announce:
         measured = f" (measured img/s by depth: {plan['top_images_per_second']})" if rates else ""
         print(f"imgclf: staged fine-tuning: head trained on {report.views} view(s) of {num_train} images in "
