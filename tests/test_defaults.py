@@ -35,3 +35,16 @@ def test_readme_digits_command_reaches_95_percent(tmp_path: Path) -> None:
     assert load_splits("digits").classes == [str(d) for d in range(10)]
     result = train(TrainConfig(data="digits", epochs=10, quiet=True, device="cpu", out=str(tmp_path / "run")))
     assert result.metrics["test_accuracy"] >= 0.95, result.metrics["test_accuracy"]
+
+
+def test_config_limits_hold_however_values_arrive(tmp_path: Path) -> None:
+    """--set and --config skip the CLI's own flag checks; config._check refuses the same values in one line."""
+    from helpers import imgclf
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("dropout: 1.5\n")
+    for args in (["--set", "lr=-1"], ["--set", "time_budget=0"], ["--config", str(cfg_file)]):
+        result = imgclf("train", "--data", "digits", "--out", str(tmp_path / "never"), *args)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert "must be" in result.stderr
+    assert not (tmp_path / "never").exists()

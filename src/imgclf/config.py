@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -128,7 +129,7 @@ def recipe_values(name: str) -> dict[str, Any]:
     return read_mapping(resources.files("imgclf") / "recipes" / f"{name}.yaml", f"recipe {name!r}")
 
 
-_CHOICES = {
+CHOICES = {
     "optimizer": {None, "sgd", "adamw"},
     "schedule": {"onecycle", "cosine", "step", "linear", "constant"},
     "strategy": {"auto", "scratch", "staged", "full", "linear_probe", "gradual"},
@@ -141,8 +142,28 @@ _CHOICES = {
 }
 
 
+def _at_least(low: float) -> tuple[Callable[[float], bool], str]:
+    return (lambda v: v >= low), f"at least {low:g}"
+
+
+_POSITIVE = ((lambda v: v > 0), "above 0")
+_FRACTION = ((lambda v: 0 < v <= 1), "in (0, 1]")
+_PROBABILITY = ((lambda v: 0 <= v < 1), "in [0, 1)")
+# numeric keys and what they must hold, however they arrive (flag, --set, --config, recipe, checkpoint)
+LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "epochs": _at_least(1), "batch_size": _at_least(1), "freeze_epochs": _at_least(0), "feature_views": _at_least(1),
+    "head_epochs": _at_least(1), "unfreeze_groups": _at_least(0), "lr": _POSITIVE, "momentum": _PROBABILITY,
+    "weight_decay": _at_least(0), "warmup_epochs": _at_least(0), "label_smoothing": _PROBABILITY,
+    "dropout": _PROBABILITY, "width": _POSITIVE, "crop_pad": _at_least(0), "cutout": _at_least(0),
+    "image_size": _at_least(8), "crop_fraction": _FRACTION, "min_crop_scale": _FRACTION,
+    "val_fraction": ((lambda v: 0 < v < 1), "in (0, 1)"), "subset": _at_least(1), "train_fraction": _FRACTION,
+    "seed": _at_least(0), "grad_clip": _POSITIVE, "time_budget": _POSITIVE, "early_stop_patience": _at_least(1),
+    "early_stop_min_delta": _at_least(0), "num_workers": _at_least(0),
+}
+
+
 def _check(cfg: TrainConfig, source: str) -> None:
-    for name, allowed in _CHOICES.items():
+    for name, allowed in CHOICES.items():
         value = getattr(cfg, name)
         if value not in allowed and not (name == "device" and str(value).startswith("cuda:")):
             names = ", ".join(sorted(str(a) for a in allowed if a is not None))
@@ -157,17 +178,10 @@ def _check(cfg: TrainConfig, source: str) -> None:
             raise UserError(f"{source}: {f.name} must be a number, got {value!r}")
         if f.type in ("bool", "bool | None") and not isinstance(value, bool):
             raise UserError(f"{source}: {f.name} must be true or false, got {value!r}")
-    for name in ("epochs", "batch_size"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise UserError(f"{source}: {name} must be at least 1, got {getattr(cfg, name)}")
-    if not 0.0 < cfg.val_fraction < 1.0:
-        raise UserError(f"{source}: val_fraction must be between 0 and 1")
-    if not 0.0 < cfg.train_fraction <= 1.0:
-        raise UserError(f"{source}: train_fraction must be in (0, 1]")
-    if not 0.0 < cfg.min_crop_scale <= 1.0:
-        raise UserError(f"{source}: min_crop_scale must be in (0, 1]")
-    if cfg.feature_views < 1 or cfg.head_epochs < 1 or (cfg.unfreeze_groups is not None and cfg.unfreeze_groups < 0):
-        raise UserError(f"{source}: feature_views and head_epochs must be at least 1, unfreeze_groups at least 0")
+    for name, (ok, wanted) in LIMITS.items():
+        value = getattr(cfg, name)
+        if value is not None and not ok(value):
+            raise UserError(f"{source}: {name} must be {wanted}, got {value!r}")
 
 
 # -- the one resolution step: config + data + machine -> the config that ran ------------------------------------
