@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from helpers import make_folder
 from imgclf.cli import main
@@ -99,7 +100,6 @@ def test_transfer_preset_plans_scratch_against_finetune(tmp_path: Path, monkeypa
 
 def test_transfer_preset_runs_with_a_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The default preset end to end, its fine-tuned model swapped for a tiny one starting from saved weights."""
-    import torch
 
     from imgclf.models import build_model
 
@@ -206,3 +206,18 @@ def test_same_budget_by_default_or_until_the_plateau(tmp_path: Path, monkeypatch
     assert plateau["stopping"] == "plateau" and plateau["budget_seconds"] is None
     assert all(r["epochs_run"] <= 6 for r in plateau["runs"])
     assert "until validation accuracy stopped improving" in (tmp_path / "plateau" / "report.md").read_text()
+
+
+def test_a_bad_weights_file_fails_before_any_run_trains(tmp_path: Path) -> None:
+    """Every variant is built before the first one trains: weights that do not fit cost seconds, not a budget."""
+    import torch
+
+    from helpers import imgclf
+
+    data = make_folder(tmp_path / "imgs", classes=3, per_class=12, splits=True)
+    bad = tmp_path / "bad.pth"
+    torch.save({"not": torch.zeros(3)}, bad)
+    result = imgclf("compare", "--data", str(data), "--weights", str(bad), "--out", str(tmp_path / "cmp"),
+                    "--budget", "30")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not list((tmp_path / "cmp").glob("runs/*/checkpoints/last.pt"))

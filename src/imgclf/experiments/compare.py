@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from imgclf.config import TrainConfig
+from imgclf.config import TrainConfig, resolve_strategy
 from imgclf.errors import TrainingDiverged, UserError
 from imgclf.experiments.variants import (
     Plan,
@@ -89,6 +89,7 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
                 budget: float | None = None) -> dict[str, Any]:
     """Train every variant (at every fraction), write DIR/comparison.json, then render DIR/report.md and
     report.html from it."""
+    from imgclf.models import build_model
     from imgclf.reporting.comparison import write_comparison_report
     from imgclf.training.run import load_data
 
@@ -106,6 +107,9 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
         if key not in shared:
             shared[key] = load_data(plan.cfg.replace(subset=None, train_fraction=1.0))
         thin(shared[key], plan.cfg)  # a fraction too small for the classes fails here, not after hours
+        resolve_strategy(plan.cfg)  # so does a strategy the weights cannot serve, or weights that do not fit
+        build_model(plan.cfg.model, len(shared[key].classes), pretrained=plan.cfg.pretrained,
+                    weights=plan.cfg.weights, width=plan.cfg.width)
     until_plateau = bool(base_cfg.early_stop_patience) and budget is None and base_cfg.epochs is None
     if until_plateau:  # each approach trains until its validation accuracy stops improving
         plans = plan_runs(base_cfg.replace(epochs=PLATEAU_MAX_EPOCHS), study.variants, out, fraction_list, None,
