@@ -171,6 +171,7 @@ BAD: dict[str, dict[str, tuple[list[str], str]]] = {
                   ("--max-wait-ms", "-1", "max_wait_ms must be at least 0"),
                   ("--max-upload-bytes", "0", "max_upload_bytes must be at least 1"),
                   ("--max-pixels", "many", "max_pixels must be an integer"),
+                  ("--max-request-pixels", "0", "max_request_pixels must be at least 1"),
                   ("--max-files", "0", "max_files must be at least 1"),
                   ("--device", "gpu", "device must be")]}},
     "scratch-nn": {"--data": (["--out", "nn", "--data", "/no/such/folder"], "data not found"),

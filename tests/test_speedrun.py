@@ -169,7 +169,7 @@ def test_recipe_speedrun_writes_a_run_that_predicts_and_refuses_photos(tmp_path:
     assert "speedrun: fast" in config and "speedrun_config" in config
     predictor = Predictor.load(checkpoint=str(run / "checkpoints" / "last.pt"), device="cpu")
     picture = next((data / "test" / "class_1").iterdir())
-    assert predictor.predict_files([picture])[0]["label"] == "class_1"
+    assert predictor.predict([picture])[0]["label"] == "class_1"
     again = imgclf("train", "--resume", str(run / "checkpoints" / "last.pt"))
     assert again.returncode == 2 and "rerun it" in again.stderr
     photos = make_folder(tmp_path / "photos", classes=2, per_class=12, size=80)

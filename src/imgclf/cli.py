@@ -300,14 +300,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from imgclf.inference.predictor import Predictor
+    from imgclf.inference.predictor import predict_command
 
-    if bool(args.checkpoint) == bool(args.onnx):
-        raise UserError("give exactly one of --checkpoint or --onnx")
-    predictor = Predictor.load(checkpoint=args.checkpoint, onnx=args.onnx, device=args.device)
-    for path, pred in zip(args.images, predictor.predict_files(args.images, top_k=args.top_k), strict=True):
-        print(json.dumps({"file": path, **pred}))
-    return 0
+    return predict_command(args.images, args.checkpoint, args.onnx, args.top_k, args.device)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -362,7 +357,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     serve(checkpoint=args.checkpoint, onnx=args.onnx, host=args.host, port=args.port,
           api_key=args.api_key or os.environ.get("IMGCLF_API_KEY"), max_batch_size=args.max_batch_size,
           max_wait_ms=args.max_wait_ms, max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
-          max_files=args.max_files, device=args.device)
+          max_request_pixels=args.max_request_pixels, max_files=args.max_files, device=args.device)
     return 0
 
 
@@ -499,8 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a request may wait for others to share its forward pass")
     p.add_argument("--max-upload-bytes", type=number(int, "max_upload_bytes", 1), default=10 * 1024 * 1024,
                    help="larger uploads are refused with 413")
-    p.add_argument("--max-pixels", type=number(int, "max_pixels", 1), default=40_000_000,
-                   help="larger images (decompression bombs) are refused with 413")
+    p.add_argument("--max-pixels", type=number(int, "max_pixels", 1), default=4096 * 4096,
+                   help="larger images (decompression bombs, floods of costly decodes) are refused with 413")
+    p.add_argument("--max-request-pixels", type=number(int, "max_request_pixels", 1), default=8192 * 8192,
+                   help="the most pixels all images of one request may hold together; more is refused with 413")
     p.add_argument("--max-files", type=number(int, "max_files", 1), default=64,
                    help="most files in one /predict/batch request")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")

@@ -19,7 +19,7 @@ EXTRAS = {
     "fastapi": "the HTTP server (imgclf[serve])",
     "uvicorn": "the HTTP server (imgclf[serve])",
     "python-multipart": "image uploads to the server (imgclf[serve])",
-    "swagger-ui-bundle": "the server's offline /docs page (imgclf[serve])",
+    "fastapi-offline": "the server's offline /docs page, Swagger UI 5 (imgclf[serve])",
     "onnx": "ONNX export (imgclf[onnx])",
     "onnxruntime": "ONNX inference and export checks (imgclf[onnx])",
     "onnxscript": "ONNX export (imgclf[onnx])",

@@ -13,6 +13,7 @@ import torch
 
 from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
+from imgclf.mathutil import softmax
 from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
 from imgclf.runtime import resolve_device
 
@@ -70,10 +71,7 @@ class Predictor:
             raise ValueError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        logits = self.backend(batch)
-        logits = logits - logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return softmax(self.backend(batch)).astype(np.float32)
 
     def rank(self, probs: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
         """Top-k labels of each row; k above the number of classes lists them all."""
@@ -89,16 +87,6 @@ class Predictor:
 
     def predict(self, sources: Sequence[bytes | str | Path], top_k: int = 5) -> list[dict[str, Any]]:
         return self.rank(self.probabilities(self.preprocess(sources)), top_k)
-
-    def predict_files(self, paths: Sequence[str | Path], top_k: int = 5, batch_size: int = 64) -> list[dict[str, Any]]:
-        """All or nothing: the first missing or unreadable file is a user error naming it (`predict_each`
-        keeps the others)."""
-        results = []
-        for _, result in self.predict_each(paths, top_k, batch_size):
-            if isinstance(result, str):
-                raise UserError(result)
-            results.append(result)
-        return results
 
     def predict_each(self, paths: Sequence[str | Path], top_k: int = 5,
                      batch_size: int = 64) -> Iterator[tuple[str | Path, dict[str, Any] | str]]:
