@@ -48,3 +48,41 @@ def test_config_limits_hold_however_values_arrive(tmp_path: Path) -> None:
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
         assert "must be" in result.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_cpu_budget_runs_size_their_net_to_the_measured_rate() -> None:
+    """Under a time budget on a CPU the widest net whose measured rate fits the minimum epochs is chosen;
+    a slow machine gets a narrower net, an explicit width or --epochs is left alone."""
+    from imgclf.config import SIZING_MIN_EPOCHS
+
+    colour = np.random.default_rng(0).integers(0, 255, (400, 32, 32, 3), dtype=np.uint8)
+    splits, cpu = _splits(colour), torch.device("cpu")
+    budget = 10.0
+    fits = SIZING_MIN_EPOCHS * 400 / budget  # images per second that just fit the minimum epochs
+
+    def machine(speed_at_full_width: float):  # noqa: ANN202 - a rate that grows as the net narrows
+        return lambda c: speed_at_full_width / c.width ** 2
+
+    fast = resolve(TrainConfig(time_budget=budget), splits, cpu, measure=machine(2 * fits))
+    slow = resolve(TrainConfig(time_budget=budget), splits, cpu, measure=machine(0.3 * fits))
+    hopeless = resolve(TrainConfig(time_budget=budget), splits, cpu, measure=machine(0.01 * fits))
+    assert fast.width == 1.0 and list(fast.extra["sizing"]["images_per_second_by_width"]) == ["1.0"]
+    assert slow.width == 0.5 and slow.extra["sizing"]["epochs_that_fit"] >= SIZING_MIN_EPOCHS
+    assert hopeless.width == 0.5 and "none does" in hopeless.extra["sizing"]["why"]
+
+    def never(c: TrainConfig) -> float:
+        raise AssertionError("measured although nothing was left to size")
+
+    assert resolve(TrainConfig(time_budget=budget, width=0.75), splits, cpu, measure=never).width == 0.75
+    assert resolve(TrainConfig(time_budget=budget, epochs=3), splits, cpu, measure=never).width == 1.0
+    assert resolve(TrainConfig(), splits, cpu, measure=never).width == 1.0
+
+
+def test_sizing_is_printed_and_kept_in_the_run_directory(tmp_path: Path) -> None:
+    from helpers import make_folder
+
+    data = make_folder(tmp_path / "imgs", classes=3, per_class=40, size=32, splits=True)
+    result = train(TrainConfig(data=str(data), time_budget=3, device="cpu", quiet=True, out=str(tmp_path / "r")))
+    sizing = result.config.extra["sizing"]
+    assert sizing["width"] in (1.0, 0.75, 0.5) and sizing["images_per_second_by_width"]["1.0"] > 0
+    assert "sizing:" in (tmp_path / "r" / "config.yaml").read_text()

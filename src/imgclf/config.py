@@ -48,7 +48,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # for cosine / linear
     label_smoothing: float = 0.1
     dropout: float = 0.0
-    width: float = 1.0  # channel-width multiplier of the from-scratch nets
+    width: float | None = None  # channel-width multiplier of the from-scratch nets; None: 1.0, or narrower on a
+                                # CPU too slow to fit SIZING_MIN_EPOCHS in the time budget (measured at start)
     crop_pad: int | None = None  # random-translate padding in pixels, 0: off; None: side // 8 (4 at 32 px)
     flip: bool | None = None  # None: on for colour images, off for grey ones (digits, text: a flip changes the class)
     cutout: int = 0  # side of the cutout square in pixels; 0 turns it off
@@ -189,6 +190,8 @@ def _check(cfg: TrainConfig, source: str) -> None:
 # RUN_DIR/config.yaml records, so a rerun from it (or a resume) needs no second guess.
 
 DEFAULT_EPOCHS = 10
+SIZING_WIDTHS = (1.0, 0.75, 0.5)  # from-scratch widths a time-budgeted CPU run may choose between, widest first
+SIZING_MIN_EPOCHS = 6  # fastcnn on a bf16 CPU fits 7.7 epochs of CIFAR-10 in 180 s at width 1 (83.6 %)
 BATCH_SIZE = 256
 FINETUNE_CPU_BATCH_SIZE = 32  # EfficientNet-Lite0 at 128 px on 2 cores trains at 75 img/s in 1.7 GB at batch 32,
                               # 35 in 7.5 GB at 256 (big activations cost page faults)
@@ -249,10 +252,31 @@ def _looks_grey(data: Any) -> bool:
     return bool(np.abs(np.diff(sample, axis=-1)).max() <= 2)
 
 
-def resolve(cfg: TrainConfig, splits: Splits, device: torch.device) -> TrainConfig:
+def _size_width(cfg: TrainConfig, measure: Callable[[TrainConfig], float], num_train: int) -> tuple[float, dict]:
+    """The widest of SIZING_WIDTHS whose measured training rate fits SIZING_MIN_EPOCHS in the budget (else
+    the narrowest): a CPU without bf16 trains the same net 3-4x slower and gets more from a narrower net
+    that sees the data more often than from a wide one that sees it twice."""
+    rates: dict[str, float] = {}
+    chosen = SIZING_WIDTHS[-1]
+    for width in SIZING_WIDTHS:
+        rates[str(width)] = round(measure(cfg.replace(width=width)), 1)
+        if rates[str(width)] * cfg.time_budget / num_train >= SIZING_MIN_EPOCHS:
+            chosen = width
+            break
+    epochs = rates[str(chosen)] * cfg.time_budget / num_train
+    return chosen, {"width": chosen, "images_per_second_by_width": rates, "epochs_that_fit": round(epochs, 1),
+                    "min_epochs": SIZING_MIN_EPOCHS, "why": f"widest net that fits {SIZING_MIN_EPOCHS} epochs "
+                    f"of {num_train} images in {cfg.time_budget:g}s at its measured rate on this machine"
+                    + ("" if epochs >= SIZING_MIN_EPOCHS else " (none does: the narrowest)")}
+
+
+def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
+            measure: Callable[[TrainConfig], float] | None = None) -> TrainConfig:
     """Fill every open choice from the data and the machine: strategy; optimizer, LR and weight decay that
     suit it (AdamW at 1e-3 to fine-tune pretrained weights, Nesterov SGD from scratch); batch size (small to
-    fine-tune on a CPU, never over 1/8 of the training set); input size; precision; epochs; evaluation crop."""
+    fine-tune on a CPU, never over 1/8 of the training set); input size; precision; epochs; evaluation crop;
+    and, given `measure` (a config's training images per second on this machine), the width of a from-scratch
+    net trained on a CPU under a time budget (recorded with its reasons in extra["sizing"])."""
     from imgclf.data.imageset import ImageSet
     from imgclf.runtime import cpu_has_bf16
 
@@ -273,7 +297,7 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device) -> TrainConf
         # EfficientNet's depthwise convs run 10-30 % slower: bf16 there for scratch only
         amp = device.type == "cuda" or (on_cpu and cpu_has_bf16() and scratch)
     photos = not isinstance(splits.train, ImageSet)  # small squares (CIFAR) are ImageSets, see data/photos.py
-    return cfg.replace(
+    resolved = cfg.replace(
         data=str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data,  # resumable from anywhere
         flip=cfg.flip if cfg.flip is not None else not _looks_grey(splits.train),
         crop_pad=cfg.crop_pad if cfg.crop_pad is not None else _default_crop_pad(splits.train.image_size),
@@ -284,3 +308,9 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device) -> TrainConf
         crop_fraction=cfg.crop_fraction or (PHOTO_CROP_FRACTION if photos else 1.0),
         unfreeze_groups=cfg.unfreeze_groups if cfg.unfreeze_groups is not None or cfg.time_budget
         or strategy != "staged" else STAGED_UNFREEZE_GROUPS)
+    if cfg.width is not None:
+        return resolved
+    if measure is None or not (on_cpu and scratch and cfg.time_budget and cfg.epochs is None and not photos):
+        return resolved.replace(width=1.0)
+    width, sizing = _size_width(resolved, measure, len(splits.train))
+    return resolved.replace(width=width, extra={**cfg.extra, "sizing": sizing})

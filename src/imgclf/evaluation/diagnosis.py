@@ -227,7 +227,7 @@ def _underfit_steps(config: dict[str, Any], epochs: int, rising: bool, low: bool
     steps = []
     if rising:
         steps.append(f"Train longer: `--epochs {max(2 * epochs, epochs + 5)}` (the curves had not flattened).")
-    width = float(_setting(config, "width"))
+    width = float(_setting(config, "width") or 1.0)
     model = _setting(config, "model")
     if low:
         steps.append(f"Use a bigger model: `--set width={2 * width:g}` or `--model resnet18` (now {model}, "

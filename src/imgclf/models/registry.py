@@ -66,10 +66,12 @@ def check_pretrained(name: str, pretrained: bool) -> ModelEntry:
 
 
 def build_model(name: str, num_classes: int, *, pretrained: bool = False, weights: str | None = None,
-                dropout: float = 0.0, width: float = 1.0) -> ImageClassifier:
-    """Build a registered model with a head for `num_classes`; pretrained weights only where shipped."""
+                dropout: float = 0.0, width: float | None = 1.0) -> ImageClassifier:
+    """Build a registered model with a head for `num_classes`; pretrained weights only where shipped. Width
+    None (a config not yet resolved) is the model's own, 1.0."""
     entry = check_pretrained(name, pretrained)
-    return entry.builder(num_classes, pretrained=pretrained, weights=weights, dropout=dropout, width=width)
+    return entry.builder(num_classes, pretrained=pretrained, weights=weights, dropout=dropout,
+                         width=1.0 if width is None else width)
 
 
 def list_models() -> dict[str, str]:

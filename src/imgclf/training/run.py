@@ -22,14 +22,15 @@ from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits, summari
 from imgclf.fileio import write_json, write_with
 from imgclf.models import build_model
 from imgclf.models.checkpoint import checkpoint_config, load_checkpoint
-from imgclf.runtime import resolve_amp, resolve_device, seed_everything
+from imgclf.runtime import autocast, resolve_amp, resolve_device, seed_everything
 from imgclf.training import callbacks as cb
 from imgclf.training import distributed
-from imgclf.training.optim import build_optimizer
+from imgclf.training.optim import build_optimizer, decay_split
 from imgclf.training.plan import optimizer_groups, plan_finetune
 from imgclf.training.staged import stage_head
 from imgclf.training.trainer import Trainer
 
+RATE_PROBE_STEPS = 3  # timed steps per width when a CPU run sizes its net (config.resolve)
 SKIPPED_LISTED = 50  # unreadable files named in metrics.json (all are counted)
 UNBOUNDED_EPOCHS = 1_000_000  # a time-budgeted run without --epochs stops on time alone
 # what --resume may change: where and how long it runs, never what it learns
@@ -138,7 +139,15 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
 
         cfg, metrics, model = train_speedrun(cfg, splits, run_dir, device)
         return TrainResult(run_dir, metrics, model, [], cfg)
-    cfg = resolve(cfg, splits, device)  # every default decided here; a resumed config is already resolved
+    # every default decided here (a resumed config is already resolved); a from-scratch CPU run under a
+    # budget times a few steps to size its net to this machine
+    cfg = resolve(cfg, splits, device, measure=lambda c: training_rate(c, splits.train, len(classes), device))
+    if "sizing" in cfg.extra and ckpt is None:
+        seed_everything(cfg.seed)  # the probes drew random numbers: the run starts as an explicit --width would
+        if dist.is_main and not cfg.quiet:
+            s = cfg.extra["sizing"]
+            print(f"imgclf: sized for this CPU: width {s['width']} ({s['why']}; measured img/s by width: "
+                  f"{s['images_per_second_by_width']})", file=sys.stderr)
     amp_dtype = resolve_amp(cfg, device)
 
     model = model_for(cfg, len(classes), device)
@@ -201,6 +210,29 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
         write_json(run_dir / "metrics.json", metrics)
     dist.teardown()
     return TrainResult(run_dir, metrics, model, trainer.history, cfg)
+
+
+def training_rate(cfg: TrainConfig, data: Any, num_classes: int, device: torch.device) -> float:
+    """Training images per second of a resolved `cfg` on this machine, loader included: RATE_PROBE_STEPS
+    timed steps after one untimed, on a throwaway model."""
+    model = model_for(cfg, num_classes, device).train()
+    optimizer = build_optimizer(decay_split(model.parameters(), cfg.lr, cfg.weight_decay), cfg)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    amp_dtype = resolve_amp(cfg, device)
+    batches = iter(train_loader_for(cfg, data, device))
+    images, elapsed = 0, 0.0
+    for step in range(RATE_PROBE_STEPS + 1):
+        tick = time.perf_counter()
+        x, y = next(batches)
+        with autocast(device, amp_dtype):
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step:
+            elapsed += time.perf_counter() - tick
+            images += len(y)
+    return images / max(elapsed, 1e-9)
 
 
 def skipped_summary(splits: Splits, streamed: list[str] | None = None) -> dict[str, Any]:

@@ -382,7 +382,7 @@ def speed_config_for(cfg: TrainConfig) -> SpeedConfig:
     return preset.replace(
         epochs=float(cfg.epochs) if cfg.epochs else preset.epochs, batch_size=batch,
         lr=preset.lr * preset.batch_size / batch, eval_batch_size=min(preset.eval_batch_size, 8 * batch),
-        widths=scaled_widths(PRESET_MODELS[cfg.speedrun], cfg.width), seed=cfg.seed, compile=cfg.compile,
+        widths=scaled_widths(PRESET_MODELS[cfg.speedrun], cfg.width or 1.0), seed=cfg.seed, compile=cfg.compile,
         channels_last=cfg.channels_last, precision="fp32" if cfg.amp is False else "auto",
         tta_level=2 if cfg.tta else 0)
 
@@ -414,8 +414,8 @@ def train_speedrun(cfg: TrainConfig, splits: Splits, run_dir: Path,
     net, step_model, result = fit_speednet(splits.train, speed, device)
     amp = resolve_precision(speed, device)
     size = splits.train.image_size
-    cfg = cfg.replace(batch_size=speed.batch_size, image_size=size, crop_fraction=1.0, resize="crop",
-                      amp=amp is not None, strategy="scratch",
+    cfg = cfg.replace(batch_size=speed.batch_size, image_size=size, width=cfg.width or 1.0, crop_fraction=1.0,
+                      resize="crop", amp=amp is not None, strategy="scratch",
                       extra={**cfg.extra, "speedrun_config": config_dict(speed)})
     write_json(run_dir / "classes.json", splits.classes)
     cfg.to_yaml(run_dir / "config.yaml")
