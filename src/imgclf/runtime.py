@@ -52,3 +52,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def plain_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: torch.nn.Module,
+               x: torch.Tensor, y: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """One forward, backward and optimizer step with no scaler, clipping or callbacks: what the probes run
+    (the LR range test, the rate timing that sizes a CPU run); the Trainer's own step does more. The loss."""
+    with autocast(x.device, amp_dtype):
+        loss = criterion(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss

@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from imgclf.data.imageset import FileSet, ImageSet, Splits, check_usable, strati
 from imgclf.data.photos import PhotoSet, is_small_square_set, working_side
 from imgclf.errors import UserError
 from imgclf.fileio import write_text, write_with
+
+if TYPE_CHECKING:
+    from imgclf.config import TrainConfig
 
 CACHE_VERSION = 3  # 2: photos keep their aspect ratio; 3: 16-bit images scaled, skipped files named
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
@@ -365,3 +369,13 @@ def _unopenable(path: Path, members: list[str]) -> list[str]:
     bad = [m for m, ok in zip(members, opens, strict=True) if not ok]
     write_text(cache, json.dumps(bad))
     return bad
+
+
+def load_data(cfg: TrainConfig) -> Splits:
+    """The splits a config trains on (`load_splits` with the config's data keys), decoded for the input size
+    it asks for before resolution."""
+    from imgclf.config import data_input_size
+
+    return load_splits(cfg.data, data_dir=cfg.data_dir, image_size=data_input_size(cfg), val_fraction=cfg.val_fraction,
+                       seed=cfg.seed, subset=cfg.subset, train_fraction=cfg.train_fraction,
+                       stream={"stream": True, "memory": False}.get(cfg.loader))  # auto: None, decided by size

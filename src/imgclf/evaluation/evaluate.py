@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from imgclf.data import load_data
 from imgclf.data.loaders import eval_batch_size, make_loader
 from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import predict_logits, summarize
 from imgclf.models.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
 from imgclf.runtime import resolve_device
-from imgclf.training.run import load_data
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str = "test", tta: bool = False,

@@ -22,7 +22,7 @@ from torch import nn
 
 from imgclf.errors import UserError
 from imgclf.fileio import atomic_file, write_json
-from imgclf.runtime import autocast
+from imgclf.runtime import plain_step
 
 
 @dataclass
@@ -81,7 +81,6 @@ def lr_range_test(model: nn.Module, optimizer: torch.optim.Optimizer,
     base = [float(g["lr"]) for g in optimizer.param_groups]
     top = max(base) if max(base) > 0 else 1.0
     ratios = [b / top if max(base) > 0 else 1.0 for b in base]
-    device = next(model.parameters()).device
     schedule = np.geomspace(start_lr, end_lr, steps)  # exact at both ends
     lrs: list[float] = []
     losses: list[float] = []
@@ -94,12 +93,7 @@ def lr_range_test(model: nn.Module, optimizer: torch.optim.Optimizer,
             for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
                 group["lr"] = lr * ratio
             x, y = next(batches)
-            with autocast(device, amp_dtype):
-                loss = criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            value = float(loss.detach().float())
+            value = float(plain_step(model, optimizer, criterion, x, y, amp_dtype).detach().float())
             lrs.append(lr)
             losses.append(value)
             if not math.isfinite(value):
@@ -183,11 +177,12 @@ def run_lr_find(cfg: Any, out: str | Path = "lr_find", start_lr: float = 1e-6, e
     Writes OUT/lr_find.png, OUT/lr_find.csv and OUT/lr_find.json; returns the suggestion and the paths.
     """
     from imgclf.config import resolve
+    from imgclf.data import load_data
     from imgclf.reporting import figures as figs
     from imgclf.runtime import resolve_amp, resolve_device, seed_everything
     from imgclf.training.optim import build_optimizer
     from imgclf.training.plan import optimizer_groups, plan_finetune
-    from imgclf.training.run import load_data, model_for, train_loader_for
+    from imgclf.training.run import model_for, train_loader_for
 
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)

@@ -89,9 +89,9 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
                 budget: float | None = None) -> dict[str, Any]:
     """Train every variant (at every fraction), write DIR/comparison.json, then render DIR/report.md and
     report.html from it."""
+    from imgclf.data import load_data
     from imgclf.models import build_model
     from imgclf.reporting.comparison import write_comparison_report
-    from imgclf.training.run import load_data
 
     out = Path(out)
     study = load_variants_file(variants_file) if variants_file else load_preset(preset or "transfer")

@@ -124,11 +124,11 @@ def split_images(config: dict[str, Any], split: str, labels: np.ndarray,
     beside the predictions.
     """
     from imgclf.config import FIELD_NAMES, from_dict
+    from imgclf.data import load_data
     from imgclf.data.decode import decode_image
     from imgclf.data.imageset import FileSet
     from imgclf.data.photos import working_side
     from imgclf.models import model_entry
-    from imgclf.training.run import load_data
 
     values = {k: v for k, v in config.items() if k in FIELD_NAMES}
     if "data" not in values:

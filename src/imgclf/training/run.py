@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf.config import TrainConfig, data_input_size, resolve
-from imgclf.data import Splits, load_splits
+from imgclf.config import TrainConfig, resolve
+from imgclf.data import Splits, load_data
 from imgclf.data.loaders import BatchAugment, eval_batch_size, make_loader
 from imgclf.data.photos import Preprocess, train_transform
 from imgclf.errors import UserError
@@ -22,7 +22,7 @@ from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits, summari
 from imgclf.fileio import write_json, write_with
 from imgclf.models import build_model
 from imgclf.models.checkpoint import checkpoint_config, load_checkpoint
-from imgclf.runtime import autocast, resolve_amp, resolve_device, seed_everything
+from imgclf.runtime import plain_step, resolve_amp, resolve_device, seed_everything
 from imgclf.training import callbacks as cb
 from imgclf.training import distributed
 from imgclf.training.optim import build_optimizer, decay_split
@@ -44,12 +44,6 @@ class TrainResult:
     model: torch.nn.Module
     history: list[dict[str, Any]]
     config: TrainConfig  # as resolved: what config.yaml records
-
-
-def load_data(cfg: TrainConfig) -> Splits:
-    return load_splits(cfg.data, data_dir=cfg.data_dir, image_size=data_input_size(cfg), val_fraction=cfg.val_fraction,
-                       seed=cfg.seed, subset=cfg.subset, train_fraction=cfg.train_fraction,
-                       stream={"stream": True, "memory": False}.get(cfg.loader))  # auto: None, decided by size
 
 
 def model_for(cfg: TrainConfig, num_classes: int, device: torch.device) -> torch.nn.Module:
@@ -224,11 +218,7 @@ def training_rate(cfg: TrainConfig, data: Any, num_classes: int, device: torch.d
     for step in range(RATE_PROBE_STEPS + 1):
         tick = time.perf_counter()
         x, y = next(batches)
-        with autocast(device, amp_dtype):
-            loss = criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        plain_step(model, optimizer, criterion, x, y, amp_dtype)
         if step:
             elapsed += time.perf_counter() - tick
             images += len(y)
