@@ -1,6 +1,6 @@
 # Two commands from a fresh clone, nothing before them:
 #   make run    set up .venv, then the main job: train from scratch vs fine-tune a pretrained network, compare, report
-#   make test   set up .venv, then what CI runs (.ci/run: ruff and the default test suite)
+#   make test   set up .venv, then what CI runs (.ci/run: ruff, the default test suite, the slow tests)
 # Both set up through .ci/run; a second call reuses .venv. Overrides: make run DATA=PATH OUT=DIR ARGS="--budget 60"
 # (DATA defaults to CIFAR-10-JPEG in ../shared/datasets when it is there, else the bundled digits).
 CIFAR ?= ../shared/datasets/cifar10-jpeg.tar.xz

@@ -189,3 +189,19 @@ def test_streamed_training_skips_and_names_an_unreadable_file(photo_folder: Path
     assert result.metrics["epochs_run"] == 1 and result.metrics["test_accuracy"] is not None
     err = capfd.readouterr().err
     assert "skipped" in err and "broken.jpg" in err and "Traceback" not in err
+
+
+def test_head_phase_cut_by_the_budget_keeps_what_it_saw() -> None:
+    """On a machine too slow for the whole clean pass the features stop at the deadline (the clean view
+    comes shuffled, so the part seen still spans the classes)."""
+    import time
+
+    from imgclf.models import build_model
+    from imgclf.training.staged import extract_features
+
+    model = build_model("tiny", 3)
+    batches = [(torch.rand(4, 3, 16, 16), torch.arange(4) % 3) for _ in range(50)]
+    feats, labels = extract_features(model, batches, None, deadline=time.perf_counter() - 1)
+    assert len(feats) == len(labels) == 4  # the first batch, then the deadline
+    feats, labels = extract_features(model, batches, None)
+    assert len(feats) == 200

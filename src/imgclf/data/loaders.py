@@ -8,7 +8,7 @@ image (imgclf.data.photos).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 
 from imgclf.data.imageset import FileSet, ImageSet
 from imgclf.data.photos import PhotoDataset, PhotoSet, Preprocess, iterate_photos, seeded_batches
+from imgclf.errors import UserError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -177,6 +178,22 @@ def eval_batch_size(input_size: int | None, device: torch.device | str) -> int:
     if torch.device(device).type == "cuda" or not input_size:
         return 256
     return max(8, min(256, 256 * 32 * 32 // (input_size * input_size)))
+
+
+def endless(loader: Iterable[Batch]) -> Iterator[Batch]:
+    """Batches forever (probes that need more steps than a small set has in one epoch); loaders with
+    set_epoch get a fresh seeded order each pass."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        got = False
+        for batch in loader:
+            got = True
+            yield batch
+        if not got:
+            raise UserError("the training loader yielded no batches (is the training split empty?)")
+        epoch += 1
 
 
 def make_loader(data: ImageSet | PhotoSet | FileSet, batch_size: int, device: torch.device | str, *, train: bool,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import csv
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgclf.data.loaders import endless
 from imgclf.errors import UserError
 from imgclf.fileio import atomic_file, write_json
 from imgclf.runtime import plain_step
@@ -37,21 +38,6 @@ class LRFindResult:
     steepest_lr: float
     diverged_at: float | None  # the LR at which the sweep stopped on divergence, if it did
     note: str = ""
-
-
-def _cycle(loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches forever; loaders with set_epoch get a fresh seeded order each pass."""
-    epoch = 0
-    while True:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        got = False
-        for batch in loader:
-            got = True
-            yield batch
-        if not got:
-            raise UserError("the training loader yielded no batches (is the training split empty?)")
-        epoch += 1
 
 
 def lr_range_test(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -87,7 +73,7 @@ def lr_range_test(model: nn.Module, optimizer: torch.optim.Optimizer,
     avg, best, diverged_at = 0.0, math.inf, None
     try:
         model.train()
-        batches = _cycle(loader)
+        batches = endless(loader)
         for i in range(steps):
             lr = float(schedule[i])
             for group, ratio in zip(optimizer.param_groups, ratios, strict=True):

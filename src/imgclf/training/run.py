@@ -15,7 +15,7 @@ import torch
 
 from imgclf.config import TrainConfig, resolve
 from imgclf.data import Splits, load_data
-from imgclf.data.loaders import BatchAugment, eval_batch_size, make_loader
+from imgclf.data.loaders import BatchAugment, endless, eval_batch_size, make_loader
 from imgclf.data.photos import Preprocess, train_transform
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits, summarize
@@ -151,7 +151,9 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     if cfg.strategy == "staged":
         extra["staged"] = ckpt["staged"] if ckpt is not None else None
         if ckpt is None:
-            cfg, extra["staged"] = stage_head(model, cfg, eval_loader_for(cfg, splits.train, device), train_loader,
+            # the clean view in a seeded random order: a head phase the budget cuts short still sees every class
+            shuffled = splits.train.take(np.random.default_rng(cfg.seed).permutation(len(splits.train)))
+            cfg, extra["staged"] = stage_head(model, cfg, eval_loader_for(cfg, shuffled, device), train_loader,
                                               len(splits.train), amp_dtype, announce=dist.is_main and not cfg.quiet)
     plan = plan_finetune(model, cfg)
     optimizer = build_optimizer(optimizer_groups(model, cfg, plan), cfg)
@@ -213,7 +215,7 @@ def training_rate(cfg: TrainConfig, data: Any, num_classes: int, device: torch.d
     optimizer = build_optimizer(decay_split(model.parameters(), cfg.lr, cfg.weight_decay), cfg)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     amp_dtype = resolve_amp(cfg, device)
-    batches = iter(train_loader_for(cfg, data, device))
+    batches = endless(train_loader_for(cfg, data, device))
     images, elapsed = 0, 0.0
     for step in range(RATE_PROBE_STEPS + 1):
         tick = time.perf_counter()

@@ -56,10 +56,11 @@ class HeadReport:
 
 @torch.no_grad()
 def extract_features(model: ImageClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                     amp_dtype: torch.dtype | None, total: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 features (N, num_features) and labels of every batch, the backbone in eval mode. Given the
-    `total` to expect, a pass longer than PROGRESS_SECONDS says how far it is (on a slow CPU a large
-    network's pass takes minutes)."""
+                     amp_dtype: torch.dtype | None, total: int = 0,
+                     deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 features (N, num_features) and labels of every batch, the backbone in eval mode, until the
+    `deadline` (a perf_counter time) if one is given. Given the `total` to expect, a pass longer than
+    PROGRESS_SECONDS says how far it is (on a slow CPU a large network's pass takes minutes)."""
     was_training = model.training
     model.eval()
     feats, labels = [], []
@@ -74,6 +75,8 @@ def extract_features(model: ImageClassifier, batches: Iterable[tuple[torch.Tenso
             print(f"imgclf: staged fine-tuning: features of {done}/{total} images "
                   f"({done / (now - started):.1f} img/s)", file=sys.stderr, flush=True)
             last_said = now
+        if deadline is not None and now > deadline:
+            break
     model.train(was_training)
     return torch.cat(feats), torch.cat(labels)
 
@@ -114,10 +117,12 @@ def train_head(head: nn.Module, features_of: Callable[[torch.Tensor], torch.Tens
 def fit_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, augmented: Callable[[int], Iterable],
              num_train: int, amp_dtype: torch.dtype | None, budget: float | None) -> HeadReport:
     """Phase 1: features of the clean view and of augmented views (`augmented(k)` yields the k-th), then
-    the head trained on all of them. Under a `budget` the views are cut to what MAX_HEAD_SHARE of it buys."""
+    the head trained on all of them. Under a `budget` the phase takes what MAX_HEAD_SHARE of it buys: fewer
+    views, and on a slow machine only part of the clean view (`clean` comes in a random order)."""
     started = time.perf_counter()
-    feats, labels = extract_features(model, clean, amp_dtype, total=num_train)
-    rate = num_train / max(time.perf_counter() - started, 1e-9)
+    deadline = started + MAX_HEAD_SHARE * budget if budget else None
+    feats, labels = extract_features(model, clean, amp_dtype, total=num_train, deadline=deadline)
+    rate = len(labels) / max(time.perf_counter() - started, 1e-9)
     views = cfg.feature_views
     if budget:
         views = max(1, min(views, int(MAX_HEAD_SHARE * budget * rate / max(num_train, 1))))
@@ -227,7 +232,9 @@ def stage_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, train_
               "one batch. Give a larger --time-budget or a smaller --image-size.", file=sys.stderr)
     if announce:
         measured = f" (measured img/s by depth: {plan['top_images_per_second']})" if rates else ""
-        print(f"imgclf: staged fine-tuning: head trained on {report.views} view(s) of {num_train} images in "
+        seen = (f"{report.views} view(s) of {num_train} images" if report.images >= num_train else
+                f"{report.images} of {num_train} images (what {MAX_HEAD_SHARE:.0%} of the budget bought)")
+        print(f"imgclf: staged fine-tuning: head trained on {seen} in "
               f"{report.seconds:.1f}s (features at {report.extract_images_per_second:.0f} img/s); then the top "
               f"{depth} of {groups} layer groups{measured}", file=sys.stderr)
     return cfg.replace(unfreeze_groups=depth), plan
