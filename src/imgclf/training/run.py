@@ -227,6 +227,12 @@ def training_rate(cfg: TrainConfig, data: Any, num_classes: int, device: torch.d
     return images / max(elapsed, 1e-9)
 
 
+def save_predictions(run_dir: Path, split: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """RUN_DIR/predictions_SPLIT.npz: the final logits and labels the report reads."""
+    write_with(run_dir / f"predictions_{split}.npz",
+               lambda f: np.savez(f, logits=logits.numpy(), labels=labels.numpy()))
+
+
 def skipped_summary(splits: Splits, streamed: list[str] | None = None) -> dict[str, Any]:
     """metrics.json's record of the unreadable files left out (at listing, or met while streaming): all
     counted, the first SKIPPED_LISTED named."""
@@ -251,8 +257,7 @@ def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, amp_dt
             plain, _ = predict_logits(trainer.model, loader, amp_dtype=amp_dtype)
             results[name]["accuracy_without_tta"] = loss_and_accuracy(plain, labels)[1]
         if is_main:
-            write_with(run_dir / f"predictions_{name}.npz",
-                       lambda f: np.savez(f, logits=logits.numpy(), labels=labels.numpy()))  # noqa: B023 - called now
+            save_predictions(run_dir, name, logits, labels)
     images_seen = trainer.step * cfg.batch_size
     return {
         "val_accuracy": results["val"]["accuracy"],

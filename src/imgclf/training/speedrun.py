@@ -394,11 +394,11 @@ def train_speedrun(cfg: TrainConfig, splits: Splits, run_dir: Path,
     like any other. Returns (resolved config, metrics, the [0, 1]-input model)."""
     from imgclf.data.photos import Preprocess
     from imgclf.evaluation.metrics import summarize
-    from imgclf.fileio import write_json, write_with
+    from imgclf.fileio import write_json
     from imgclf.models.checkpoint import FORMAT
     from imgclf.models.speednet import SpeedClassifier
     from imgclf.training.checkpoint import save_atomic
-    from imgclf.training.run import skipped_summary
+    from imgclf.training.run import save_predictions, skipped_summary
 
     model_name = PRESET_MODELS[cfg.speedrun]
     if cfg.model != model_name:
@@ -430,8 +430,7 @@ def train_speedrun(cfg: TrainConfig, splits: Splits, run_dir: Path,
         logits, labels = tta.float().cpu(), labels.cpu()
         scores[name] = summarize(logits, labels, splits.classes)
         scores[name]["accuracy_without_tta"] = (plain.argmax(1).cpu() == labels).float().mean().item()
-        write_with(run_dir / f"predictions_{name}.npz",
-                   lambda f: np.savez(f, logits=logits.numpy(), labels=labels.numpy()))  # noqa: B023 - called now
+        save_predictions(run_dir, name, logits, labels)
     model = SpeedClassifier(net).to(memory_format=torch.contiguous_format)
     preprocess = Preprocess(size, "crop", 1.0)
     save_atomic({"format": FORMAT, "model": model.state_dict(), "config": cfg.to_dict(), "classes": splits.classes,
