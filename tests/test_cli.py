@@ -130,6 +130,16 @@ _TRAIN_BAD: dict[str, tuple[list[str], str]] = {
     "--num-workers": (["--num-workers", "-1"], "num_workers must be at least 0"),
     "--crop-pad": (["--crop-pad", "1.5"], "crop_pad must be an integer"),
     "--cutout": (["--cutout", "-2"], "cutout must be at least 0"),
+    "--class-weights": (["--class-weights", "inverse"], "class_weights must be one of auto, none"),
+    "--sampler": (["--sampler", "weighted"], "sampler must be one of balanced, shuffle"),
+    "--monitor": (["--monitor", "f1"], "monitor must be one of macro_f1, val_acc"),
+    "--mixup": (["--mixup", "-0.5"], "mixup must be at least 0"),
+    "--cutmix": (["--cutmix", "x"], "cutmix must be a number"),
+    "--mix-switch": (["--mix-switch", "2"], "mix_switch must be at most 1"),
+    "--ema": (["--ema", "1"], "ema must be below 1"),
+    "--accumulate": (["--accumulate", "0"], "accumulate must be at least 1"),
+    "--logger": (["--logger", "wandb"], "logger must be one of none, tensorboard"),
+    "--checkpoint-every": (["--checkpoint-every", "1h"], "checkpoint_every must be a number of steps"),
     "--config": (["--config", "/no/such.yaml"], "config file not found"),
     "--recipe": (["--recipe", "nope"], "unknown recipe"),
     "--set": (["--set", "epochs"], "--set expects KEY=VALUE"),
@@ -156,6 +166,10 @@ BAD: dict[str, dict[str, tuple[list[str], str]]] = {
                 "--onnx": (["--onnx", "/no/such.onnx", "x.png"], "ONNX file not found"),
                 "--top-k": (["--checkpoint", "{ckpt}", "--top-k", "0", "x.png"], "top_k must be at least 1"),
                 "--device": (["--checkpoint", "{ckpt}", "--device", "gpu", "x.png"], "device must be"),
+                "--explain": (["--checkpoint", "{ckpt}", "--explain", "{file}", "x.png"], "is a file"),
+                "--out": (["--checkpoint", "{ckpt}", "--out", ".", "x.png"], "is a folder"),
+                "--batch-size": (["--checkpoint", "{ckpt}", "--batch-size", "0", "x.png"],
+                                 "batch_size must be at least 1"),
                 "IMAGE": (["--checkpoint", "{ckpt}", "/no/such.png"], "image not found")},
     "report": {"RUN_DIR": (["/no/such/run"], "run directory not found")},
     "export": {"--checkpoint": (["--checkpoint", "/no/such.pt", "--out", "m.onnx"], "checkpoint not found"),
@@ -190,6 +204,12 @@ BAD: dict[str, dict[str, tuple[list[str], str]]] = {
                        ("--subset", "0", "subset must be at least 1"),
                        ("--image-size", "2", "image_size must be at least 4"),
                        ("--seed", "x", "seed must be an integer")]}},
+    "inspect": {"--data": (["--data", "/no/such/folder"], "data not found"),
+                "--checkpoint": (["--data", "digits", "--checkpoint", "/no/such.pt"], "checkpoint not found"),
+                "--out": (["--data", "digits", "--out", "{file}"], "is a file"),
+                "--data-dir": (["--data", "digits", "--data-dir", "{file}"], "is a file"),
+                "--max-distance": (["--data", "digits", "--max-distance", "65"], "max_distance must be at most 64"),
+                "--device": (["--data", "digits", "--device", "gpu"], "device must be")},
     "doctor": {},
     "models": {},
     "recipes": {},
@@ -270,8 +290,8 @@ def test_default_run_dir_is_printed_and_relative_to_cwd(tmp_path: Path, capsys: 
 def test_progress_prints_one_line_an_epoch_off_a_terminal() -> None:
     stream = io.StringIO()  # not a terminal: no bars, one flushed line an epoch
     bar = ProgressBar(stream=stream)
-    trainer = SimpleNamespace(config=SimpleNamespace(epochs=None), time_budget=30.0, train_loader=[0] * 4,
-                              epoch=0, current_lr=0.1)
+    trainer = SimpleNamespace(config=SimpleNamespace(epochs=None, mixup=0.0, cutmix=0.0), time_budget=30.0,
+                              train_loader=[0] * 4, epoch=0, current_lr=0.1)
     row = {"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 0.9, "val_acc": 0.6, "lr": 0.1, "seconds": 7.5}
     bar.on_epoch_start(trainer)  # type: ignore[arg-type]
     for _ in range(4):

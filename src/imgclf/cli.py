@@ -28,7 +28,8 @@ ImageNet-pretrained network fine-tuned on your own photos. imgclf compares the t
 data and budget, explains each run in a report, and serves the winner over HTTP.
 
 DATA is `digits` (bundled, works offline), `cifar10`, a folder of <class>/<image> (optionally
-split into train/ val/ test/), or a .tar, .tar.gz, .tar.xz or .zip archive of one."""
+split into train/ val/ test/), a .tar, .tar.gz, .tar.xz or .zip archive of one, or a labels .csv
+(columns file,label[,split], paths relative to the CSV)."""
 
 EPILOG = """\
 examples:
@@ -119,7 +120,7 @@ def new_path(text: str) -> str:
 def file_path(text: str) -> str:
     """A file to write (ONNX): not an existing folder."""
     if Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name such as model.onnx")
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name (model.onnx, predictions.csv)")
     return text
 
 
@@ -153,7 +154,8 @@ def _default(dest: str) -> Any:
 # Flags that map one-to-one onto TrainConfig fields: (flag, field, type, help). The default shown in --help
 # is the TrainConfig's own; where that is None the help says how the run decides (config.resolve).
 _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--data", "data", str, "cifar10 | digits | an image folder | an archive (.tar, .tar.gz, .tar.xz, .zip)"),
+    ("--data", "data", str, "cifar10 | digits | an image folder | an archive (.tar, .tar.gz, .tar.xz, .zip) | a "
+     "labels .csv (file,label[,split])"),
     ("--data-dir", "data_dir", new_path, "where `cifar10` looks for (or downloads) the official batches "
      "(default: ~/.cache/imgclf/cifar10)"),
     ("--model", "model", str, "model name (see `imgclf models`), or timm:NAME with --weights"),
@@ -191,12 +193,33 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--time-budget", "time_budget", number(float, "time_budget", 0, low_open=True),
      "seconds of training, then evaluate and save; the LR schedule anneals to it (default: no budget)"),
     ("--early-stop", "early_stop_patience", number(int, "early_stop", 1),
-     "stop after N epochs without val-accuracy gain (default: off)"),
+     "stop after N epochs without a gain in the --monitor value (default: off)"),
     ("--loader", "loader", str, "memory | stream | auto (stream a folder too big for a quarter of RAM)"),
     ("--num-workers", "num_workers", number(int, "num_workers", 0), "worker processes of the streaming loader"),
     ("--crop-pad", "crop_pad", number(int, "crop_pad", 0), "small images: random-translate padding in pixels "
      "(0: off)"),
     ("--cutout", "cutout", number(int, "cutout", 0), "small images: cutout square side in pixels (0: off)"),
+    ("--class-weights", "class_weights", str, "none | auto (weight each class's loss by its inverse frequency "
+     "in the training split, for imbalanced data)"),
+    ("--sampler", "sampler", str, "shuffle | balanced (draw each class equally often, with replacement, "
+     "for imbalanced data)"),
+    ("--monitor", "monitor", str, "val_acc | macro_f1: what best.pt and --early-stop select on"),
+    ("--mixup", "mixup", number(float, "mixup", 0), "mixup alpha: blend each training batch with itself in "
+     "reverse order, targets mixed alike (default: 0, off)"),
+    ("--cutmix", "cutmix", number(float, "cutmix", 0), "cutmix alpha: paste a box of the reversed batch, "
+     "targets mixed by area (default: 0, off)"),
+    ("--mix-switch", "mix_switch", number(float, "mix_switch", 0, 1), "with --mixup and --cutmix both on: "
+     "the probability that a batch gets cutmix"),
+    ("--ema", "ema", number(float, "ema", 0, 1, high_open=True), "decay of an exponential moving average of "
+     "the weights, e.g. 0.999; evaluated beside the raw weights, the better one kept (default: 0, off)"),
+    ("--accumulate", "accumulate", number(int, "accumulate", 1), "sum the gradients of K batches into each "
+     "optimizer step (an effective batch of K x --batch-size)"),
+    # not --log: torchrun's own parser takes that for an abbreviation of its --log-dir and refuses it
+    ("--logger", "logger", str, "none | tensorboard (scalars and the confusion matrix in RUN_DIR/tensorboard/; "
+     "pip install 'imgclf[log]')"),
+    ("--checkpoint-every", "checkpoint_every", str, "also write checkpoints/last.pt inside an epoch: every N "
+     "steps (500), every 90s / 10m, or off (epoch ends only); --resume continues from the exact batch "
+     "(default: 10m)"),
 ]
 _TRAIN_SWITCHES: list[tuple[str, str, str]] = [
     ("pretrained", "pretrained", "start from ImageNet weights (see `imgclf models`)"),
@@ -302,7 +325,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from imgclf.inference.predictor import predict_command
 
-    return predict_command(args.images, args.checkpoint, args.onnx, args.top_k, args.device)
+    return predict_command(args.images, args.checkpoint, args.onnx, args.top_k, args.device, explain=args.explain,
+                           csv_out=args.out, batch_size=args.batch_size, quiet=args.quiet)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -386,6 +410,16 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from imgclf.reporting.inspection import run_inspection
+
+    summary = run_inspection(args.data, checkpoint=args.checkpoint, out=args.out, data_dir=args.data_dir,
+                             max_distance=args.max_distance, device=args.device)
+    print(json.dumps(summary, indent=2))
+    _say(f"wrote {summary['report']} and {summary['json']}")
+    return 0
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from imgclf.doctor import collect, render
 
@@ -427,17 +461,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="DATA to evaluate on (default: the checkpoint's own)")
     p.add_argument("--data-dir", type=new_path, help="where `cifar10` looks for the official batches "
                    "(default: the checkpoint's own)")
-    p.add_argument("--split", choices=["test", "val"], default="test", help="which split to evaluate")
+    p.add_argument("--split", choices=["test", "val", "all"], default="test", help="which split to evaluate (all: "
+                   "every image of the data, a plain <class>/<image> folder or all its splits together)")
     p.add_argument("--tta", action="store_true", help="average over the mirrored and 1-px shifted image")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = command("predict", "classify image files; JSON lines on stdout")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p = command("predict", "classify image files, folders or archives; JSON lines on stdout, or a CSV (--out)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...), folders of them or "
+                   "archives (.tar, .tar.gz, .tar.xz, .zip); a folder of <class>/<image> is also scored")
+    p.add_argument("--out", type=file_path, metavar="FILE.csv", help="write one CSV row per image (file, top-k "
+                   "labels and probabilities, true label where folders name it, error) and print a summary")
+    p.add_argument("--batch-size", type=number(int, "batch_size", 1), default=64, help="images decoded and "
+                   "classified at a time")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--checkpoint", type=CHECKPOINT, help=f"{CHECKPOINT_HELP} (or give --onnx)")
     p.add_argument("--onnx", type=ONNX_FILE, help="a model written by `imgclf export` (or give --checkpoint)")
     p.add_argument("--top-k", type=number(int, "top_k", 1), default=5, help="how many labels to list per image")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--explain", type=new_path, metavar="DIR", help="write a Grad-CAM overlay of each image "
+                   "(NAME.gradcam.png: where the predicted class was seen) to DIR; needs --checkpoint")
     p.set_defaults(func=_cmd_predict)
 
     p = command("compare", "train variants on one split and write a comparison report",
@@ -536,6 +579,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("recipes", "list the shipped recipes (--recipe NAME)")
     p.set_defaults(func=_cmd_recipes)
+
+    p = command("inspect", "a dataset health check before training: DIR/inspection.html and inspection.json",
+                "Check a dataset before training: images per class and split, sample images, sizes and aspect "
+                "ratios, unreadable files, exact and near duplicates (within a class, across classes, across "
+                "splits) and, given --checkpoint, suspected label errors on the images it did not train on.")
+    p.add_argument("--data", required=True, help="cifar10 | digits | an image folder | an archive")
+    p.add_argument("--checkpoint", type=CHECKPOINT, help=f"{CHECKPOINT_HELP}, to look for label errors "
+                   "(default: none)")
+    p.add_argument("--out", type=new_path, metavar="DIR", help="report folder (default: runs/inspect-DATA-TIME)")
+    p.add_argument("--data-dir", type=new_path, help="where `cifar10` looks for the official batches "
+                   "(default: ~/.cache/imgclf/cifar10)")
+    p.add_argument("--max-distance", type=number(int, "max_distance", 0, 64), default=8,
+                   help="near duplicates: the most bits of the 64-bit perceptual hashes that may differ (pairs "
+                   "whose thumbnails also correlate at 0.9 or more are kept)")
+    p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N (for --checkpoint)")
+    p.set_defaults(func=_cmd_inspect)
 
     p = command("doctor", "this machine in one screen: Python, torch, CPU, CUDA, weights, cache, extras")
     p.add_argument("--json", action="store_true", help="print the facts as JSON")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -78,6 +79,17 @@ class TrainConfig:
     sync_bn: bool = False
     tta: bool = False  # test-time augmentation (mirror, 1-px shifts) for the final evaluation
     speedrun: str | None = None  # fast | long: train with the CIFAR speed-run engine (--recipe speedrun)
+    class_weights: str = "none"  # none | auto: inverse class frequency in the loss (imbalanced data)
+    sampler: str = "shuffle"  # shuffle | balanced: draw training images with probability 1 / their class's size
+    monitor: str = "val_acc"  # val_acc | macro_f1: what best.pt and early stopping select on
+    logger: str = "none"  # none | tensorboard: also log to RUN_DIR/tensorboard/ (pip install 'imgclf[log]')
+    checkpoint_every: str | int | None = "10m"  # also write last.pt mid-epoch: every N steps, or "90s" / "10m" of
+                                                # wall-clock time; "off" (or None): at epoch ends only
+    mixup: float = 0.0  # mixup alpha on whole training batches (imgclf.training.mixing); 0: off
+    cutmix: float = 0.0  # cutmix alpha on whole training batches; 0: off
+    mix_switch: float = 0.5  # with both mixup and cutmix on: the share of batches that get cutmix
+    ema: float = 0.0  # decay of an EMA of the weights (imgclf.training.ema), e.g. 0.999; 0: off
+    accumulate: int = 1  # micro-batches of --batch-size summed into each optimizer step
     quiet: bool = False
     out: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (for example a recipe's name)
@@ -140,6 +152,10 @@ CHOICES = {
     "device": {"auto", "cpu", "cuda"},
     "loader": {"auto", "memory", "stream"},
     "speedrun": {None, "fast", "long"},
+    "class_weights": {"none", "auto"},
+    "sampler": {"shuffle", "balanced"},
+    "monitor": {"val_acc", "macro_f1"},
+    "logger": {"none", "tensorboard"},
 }
 
 
@@ -160,6 +176,8 @@ LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "val_fraction": ((lambda v: 0 < v < 1), "in (0, 1)"), "subset": _at_least(1), "train_fraction": _FRACTION,
     "seed": _at_least(0), "grad_clip": _POSITIVE, "time_budget": _POSITIVE, "early_stop_patience": _at_least(1),
     "early_stop_min_delta": _at_least(0), "num_workers": _at_least(0),
+    "mixup": _at_least(0), "cutmix": _at_least(0), "mix_switch": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
+    "ema": _PROBABILITY, "accumulate": _at_least(1),
 }
 
 
@@ -183,6 +201,22 @@ def _check(cfg: TrainConfig, source: str) -> None:
         value = getattr(cfg, name)
         if value is not None and not ok(value):
             raise UserError(f"{source}: {name} must be {wanted}, got {value!r}")
+    checkpoint_interval(cfg.checkpoint_every, source)
+
+
+def checkpoint_interval(value: str | int | None, source: str = "config") -> tuple[int | None, float | None]:
+    """checkpoint_every as (steps, seconds), at most one set: "500" or 500 steps, "90s" or "10m" of wall-clock
+    time, "off" or None: neither (checkpoints at epoch ends only). The default, 10m, costs a save of last.pt every
+    10 minutes (20-35 ms for fastcnn's 6 MB on a 2-core EPYC: under 0.01 %) and bounds what a kill loses."""
+    if value is None or value == "off":
+        return None, None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([sm]?)\s*", str(value))
+    if match is None or isinstance(value, bool) or float(match[1]) <= 0 or (not match[2] and "." in match[1]):
+        raise UserError(f"{source}: checkpoint_every must be a number of steps (500), a time (90s, 10m) or off, "
+                        f"got {value!r}")
+    if not match[2]:
+        return int(match[1]), None
+    return None, float(match[1]) * (60 if match[2] == "m" else 1)
 
 
 # -- the one resolution step: config + data + machine -> the config that ran ------------------------------------

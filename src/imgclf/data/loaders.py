@@ -35,29 +35,39 @@ class BatchAugment:
     def active(self) -> bool:
         return self.crop_pad > 0 or self.flip or self.cutout > 0
 
+    def draw(self, n: int, h: int, w: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """A batch's random numbers, from `gen` (CPU) so runs replay exactly. Drawing them alone advances `gen`
+        as augmenting the batch would, which is how a mid-epoch resume skips the batches already trained."""
+        draws = {}
+        if self.crop_pad > 0:
+            draws["dy"] = torch.randint(0, 2 * self.crop_pad + 1, (n,), generator=gen)
+            draws["dx"] = torch.randint(0, 2 * self.crop_pad + 1, (n,), generator=gen)
+        if self.flip:
+            draws["flip"] = torch.rand(n, generator=gen) < 0.5
+        if self.cutout > 0:
+            draws["cy"] = torch.randint(0, h, (n,), generator=gen)
+            draws["cx"] = torch.randint(0, w, (n,), generator=gen)
+        return draws
+
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """x: float (N, C, H, W); random numbers come from `gen` (CPU) so runs replay exactly."""
+        """x: float (N, C, H, W), augmented with the numbers `draw` takes from `gen`."""
         n, _, h, w = x.shape
+        d = {k: v.to(x.device) for k, v in self.draw(n, h, w, gen).items()}
         if self.crop_pad > 0:
             p = self.crop_pad
             padded = F.pad(x, (p, p, p, p), mode="reflect")
-            dy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-            dx = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-            rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-            cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+            rows = (d["dy"][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+            cols = (d["dx"][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
             batch = torch.arange(n, device=x.device)[:, None, None, None]
             chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
             x = padded[batch, chans, rows, cols]
         if self.flip:
-            flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)[:, None, None, None]
-            x = torch.where(flip, x.flip(3), x)
+            x = torch.where(d["flip"][:, None, None, None], x.flip(3), x)
         if self.cutout > 0:
-            cy = torch.randint(0, h, (n,), generator=gen).to(x.device)[:, None, None]
-            cx = torch.randint(0, w, (n,), generator=gen).to(x.device)[:, None, None]
             ys = torch.arange(h, device=x.device)[None, :, None]
             xs = torch.arange(w, device=x.device)[None, None, :]
             half = self.cutout // 2
-            hole = ((ys - cy).abs() <= half) & ((xs - cx).abs() <= half)
+            hole = ((ys - d["cy"][:, None, None]).abs() <= half) & ((xs - d["cx"][:, None, None]).abs() <= half)
             x = x * (~hole)[:, None].to(x.dtype)
         return x
 
@@ -87,11 +97,21 @@ class _EpochSeeded:
                  input_size: int | None, channels_last: bool, drop_last: bool) -> None:
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.seed, self.input_size, self.channels_last, self.drop_last = seed, input_size, channels_last, drop_last
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
         self.rank, self.world_size = 0, 1
+        self.draw_weights: torch.Tensor | None = None  # set by balance(): per-image draw probabilities
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Passes yield `epoch`'s batches from batch `start` on (a mid-epoch resume), with the same order and
+        augmentation those batches get in a whole pass; len() stays the whole epoch's."""
+        self.epoch, self.start = epoch, start
+
+    def balance(self, labels: np.ndarray) -> None:
+        """--sampler balanced: each epoch draws as many images as there are, with replacement, each with
+        probability 1 / its class's size (every class equally often), from the same (seed, epoch) generator
+        as the shuffle, so a resume and any number of workers or ranks replay the same draws."""
+        labels = np.asarray(labels, dtype=np.int64)
+        self.draw_weights = torch.from_numpy(1.0 / np.bincount(labels)[labels])
 
     def shard(self, rank: int, world_size: int) -> None:
         """Under DDP every rank draws the same global batches and keeps its own slice of each, so a
@@ -106,6 +126,8 @@ class _EpochSeeded:
         return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
 
     def _order(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        if self.draw_weights is not None:
+            return torch.multinomial(self.draw_weights, n, replacement=True, generator=gen)
         return torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
 
     def _num_batches(self, n: int) -> int:
@@ -136,6 +158,10 @@ class TensorLoader(_EpochSeeded):
         order = self._order(len(self.labels), gen).to(self.images.device)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            if b < self.start:  # not yielded; its random numbers are drawn all the same, so that the later
+                if self.augment is not None and self.augment.active:  # batches get those of a whole pass
+                    self.augment.draw(len(idx), self.images.shape[1], self.images.shape[2], gen)
+                continue
             x, y = self._finish(self.images[idx], gen), self.labels[idx]
             if self.world_size > 1:
                 part = self._slice(len(idx))
@@ -167,7 +193,9 @@ class PhotoLoader(_EpochSeeded):
         order = self._order(len(self.dataset), self._generator()).tolist()
         batches = seeded_batches(order, self.batch_size, len(self), self.seed if self.augmenting else None,
                                  self.epoch)
-        mine = [b[self._slice(len(b))] for b in batches]  # under DDP: this rank's slice, decoded here only
+        # under DDP this rank's slice, decoded here only; each image's augmentation has its own seed, so
+        # starting at batch `start` leaves the later batches as they are in a whole pass
+        mine = [b[self._slice(len(b))] for b in batches[self.start:]]
         yield from iterate_photos(self.dataset, mine, self.device, self.channels_last, self.num_workers)
 
 

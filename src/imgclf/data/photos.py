@@ -225,8 +225,10 @@ def _collate_readable(items: list[tuple[torch.Tensor, int] | str],
 def iterate_photos(dataset: PhotoDataset, batches: list[list[tuple[int, int | None]]], device: torch.device,
                    channels_last: bool, num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Float NCHW batches on `device`; decoding and augmentation in `num_workers` processes (0: here)."""
+    # a private generator for the workers' base seed: by default each pass draws it from the global torch RNG,
+    # which would shift dropout's random numbers after a mid-epoch resume (the pass starts at another moment)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate_readable,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+                        pin_memory=device.type == "cuda", persistent_workers=False, generator=torch.Generator())
     for batch, unreadable in loader:
         for name in unreadable:
             if name not in dataset.unreadable:  # named once, not once an epoch

@@ -30,6 +30,7 @@ from imgclf.fileio import write_text, write_with
 
 if TYPE_CHECKING:
     from imgclf.config import TrainConfig
+    from imgclf.data.csvlabels import CsvListing
 
 CACHE_VERSION = 3  # 2: photos keep their aspect ratio; 3: 16-bit images scaled, skipped files named
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
@@ -66,13 +67,18 @@ def load_splits(data: str, *, data_dir: str | None = None, image_size: int | Non
     else:
         path = Path(data).expanduser()
         if not path.exists():
-            raise UserError(f"data not found: {data} (expected cifar10, digits, an image folder or an archive)")
+            raise UserError(f"data not found: {data} (expected cifar10, digits, an image folder, an archive or a "
+                            "labels CSV)")
         if path.is_dir() and (stream or (stream is None and _too_big_for_memory(path, image_size))):
             splits = _folder_files(path, image_size, val_fraction, seed)
         elif path.is_dir() or path.name.lower().endswith(ARCHIVE_SUFFIXES):
             splits = _cached_tree(path, image_size, val_fraction, seed)
+        elif path.suffix.lower() == ".csv":  # file,label[,split] rows: decoded and cached like a folder
+            from imgclf.data.csvlabels import CsvListing
+
+            splits = _cached_tree(path, image_size, val_fraction, seed, CsvListing(path))
         else:
-            raise UserError(f"{data}: not a folder or an archive ({', '.join(ARCHIVE_SUFFIXES)})")
+            raise UserError(f"{data}: not a folder or an archive ({', '.join(ARCHIVE_SUFFIXES)}), nor a labels .csv")
     return check_usable(thin_train(splits, subset, train_fraction, seed))
 
 
@@ -136,24 +142,33 @@ class _Tree:
         self.path = path
         self.members, self.read = _list_members(path)
 
-    def layout(self) -> dict[str, list[tuple[str, str]]]:
-        """{split or "": [(class, member)]}: train/val/test folders when present, else class folders."""
-        members = {PurePosixPath(m).parts: m for m in self.members}
-        nested = {p: m for p, m in members.items() if len(p) > 1}
-        tops = {p[0] for p in nested}
-        if len(tops) == 1 and not (set(SPLIT_NAMES) & tops) and any(len(p) >= 3 for p in nested):
-            # one top folder: step inside it; loose files in it (a README, ATTRIBUTION.txt) are no images
-            members = {p[1:]: m for p, m in nested.items() if len(p) >= 3}
-        has_splits = any(p[0].lower() in SPLIT_NAMES and len(p) == 3 for p in members)
-        groups: dict[str, list[tuple[str, str]]] = {}
-        for p, member in members.items():
-            if has_splits and len(p) == 3 and p[0].lower() in SPLIT_NAMES:
-                groups.setdefault(SPLIT_NAMES[p[0].lower()], []).append((p[1], member))
-            elif not has_splits and len(p) == 2:
-                groups.setdefault("", []).append((p[0], member))
-        if not groups or (has_splits and "train" not in groups):
+    def layout(self, need_train: bool = True) -> dict[str, list[tuple[str, str]]]:
+        """{split or "": [(class, member)]}: train/val/test folders when present, else class folders;
+        `need_train` False also takes split folders without train/ (a test folder scored on its own)."""
+        groups, has_splits = class_layout(self.members)
+        if not groups or (need_train and has_splits and "train" not in groups):
             raise UserError(f"{self.path}: expected <class>/<image> or train/<class>/<image> folders")
         return groups
+
+
+def class_layout(members: list[str]) -> tuple[dict[str, list[tuple[str, str]]], bool]:
+    """Members grouped by where they lie, {split or "": [(class, member)]} (train/val/test/<class>/<image>,
+    else <class>/<image>; inside one top folder or not), and whether split folders were found. Members
+    lying elsewhere are in no group; no group at all means the names carry no classes."""
+    parts = {PurePosixPath(m).parts: m for m in members}
+    nested = {p: m for p, m in parts.items() if len(p) > 1}
+    tops = {p[0] for p in nested}
+    if len(tops) == 1 and not (set(SPLIT_NAMES) & tops) and any(len(p) >= 3 for p in nested):
+        # one top folder: step inside it; loose files in it (a README, ATTRIBUTION.txt) are no images
+        parts = {p[1:]: m for p, m in nested.items() if len(p) >= 3}
+    has_splits = any(p[0].lower() in SPLIT_NAMES and len(p) == 3 for p in parts)
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for p, member in parts.items():
+        if has_splits and len(p) == 3 and p[0].lower() in SPLIT_NAMES:
+            groups.setdefault(SPLIT_NAMES[p[0].lower()], []).append((p[1], member))
+        elif not has_splits and len(p) == 2:
+            groups.setdefault("", []).append((p[0], member))
+    return groups, has_splits
 
 
 def _train_classes(path: Path, groups: dict[str, list[tuple[str, str]]]) -> tuple[str, list[str]]:
@@ -173,11 +188,37 @@ def _list_members(path: Path) -> tuple[list[str], Callable[[str], bytes | Path]]
     other unreadable files rather than vanishing or crashing the listing.
     """
     if path.is_dir():
-        members = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
-                         if (p.is_file() or (p.is_symlink() and not p.exists())) and not p.name.startswith("."))
+        members = sorted(p.relative_to(path).as_posix() for p in _walk(path) if not p.name.startswith("."))
         return _images_only(members), lambda m: path / m
     blobs = _read_archive(path)
     return _images_only(sorted(blobs)), blobs.pop
+
+
+def _walk(root: Path) -> list[Path]:
+    """Every file below `root` (and every link to nothing), following links to folders, so a class or split
+    folder kept elsewhere and linked in is found; a link back to a folder above it would list forever, and is
+    refused. Hidden folders are not entered (their files are no data)."""
+    found: list[Path] = []
+
+    def visit(folder: Path, above: frozenset[tuple[int, int]]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            raise UserError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
+        for entry in entries:
+            p = Path(folder, entry.name)
+            if not p.is_dir():  # a file, or a link to nothing or to itself
+                found.append(p)
+            elif not entry.name.startswith("."):
+                st = p.stat()
+                if (st.st_dev, st.st_ino) in above:
+                    raise UserError(f"{p}: a symbolic link loop (it leads back to {p.resolve()}, a folder above "
+                                    "it); remove the link or point it at a folder outside the data")
+                visit(p, above | {(st.st_dev, st.st_ino)})
+
+    st = root.stat()
+    visit(root, frozenset({(st.st_dev, st.st_ino)}))
+    return found
 
 
 def _read_archive(path: Path) -> dict[str, bytes]:
@@ -215,7 +256,7 @@ def _fingerprint(path: Path, image_size: int | None) -> str:
     Names are hashed as bytes (a name need not be UTF-8), and a link to nothing by the link itself."""
     h = hashlib.sha256(os.fsencode(f"{CACHE_VERSION}|{path.resolve()}|{image_size}"))
     if path.is_dir():
-        for p in sorted(path.rglob("*")):
+        for p in _walk(path):
             try:
                 st = p.stat()
             except OSError:  # dangling or looping link
@@ -227,13 +268,15 @@ def _fingerprint(path: Path, image_size: int | None) -> str:
     return h.hexdigest()[:24]
 
 
-def _cached_tree(path: Path, image_size: int | None, val_fraction: float, seed: int) -> Splits:
-    key = _fingerprint(path, image_size)
+def _cached_tree(path: Path, image_size: int | None, val_fraction: float, seed: int,
+                 listing: CsvListing | None = None) -> Splits:
+    """A folder or archive (or the rows of a labels CSV: `listing`) decoded once and cached by fingerprint."""
+    key = listing.fingerprint(image_size) if listing else _fingerprint(path, image_size)
     cache = cache_dir() / f"{path.name}-{key}.npz"
     if cache.is_file():
         parts, skipped, dropped = _read_cache(cache)
     else:
-        parts, skipped, dropped = _decode_tree(path, image_size)
+        parts, skipped, dropped = _decode_tree(path, image_size, listing)
         _write_cache(cache, parts, skipped, dropped)
     _warn_unreadable(skipped, dropped)  # on a cache hit too: the data still lacks them
     train = parts.get("train", parts.get(""))
@@ -293,11 +336,12 @@ def _without_unreadable(path: Path, groups: dict[str, list[tuple[str, str]]], un
     return kept, classes, dropped
 
 
-def _decode_tree(path: Path, image_size: int | None) -> tuple[dict[str, ImageSet | PhotoSet], list[str], list[str]]:
+def _decode_tree(path: Path, image_size: int | None, listing: CsvListing | None = None,
+                 ) -> tuple[dict[str, ImageSet | PhotoSet], list[str], list[str]]:
     """Decode every image in parallel threads (Pillow releases the GIL while decoding); small squares of
     one size become ImageSets, anything else PhotoSets at the working size of `image_size`. Also returns
-    the skipped (unreadable) members and the dropped classes."""
-    tree = _Tree(path)
+    the skipped (unreadable) members and the dropped classes. `listing`: a CSV's rows instead of the tree."""
+    tree = listing or _Tree(path)
     groups = tree.layout()
     input_size = image_size or DEFAULT_PHOTO_INPUT
     side = working_side(input_size)
@@ -369,6 +413,33 @@ def _unopenable(path: Path, members: list[str]) -> list[str]:
     bad = [m for m, ok in zip(members, opens, strict=True) if not ok]
     write_text(cache, json.dumps(bad))
     return bad
+
+
+def load_part(data: str, split: str, classes: list[str], image_size: int | None) -> FileSet | None:
+    """One split of an image folder ("all": every image of every split), listed and not decoded, labelled by
+    `classes` (a checkpoint's): evaluation streams it once, so scoring test/ never decodes train/ beside it.
+    None where scoring takes the whole source as training loaded it: an archive, a CSV, or val carved out
+    of train (the seeded carve of the readable training images)."""
+    path = Path(data).expanduser()
+    if not path.is_dir():
+        return None
+    groups = _Tree(path).layout(need_train=False)
+    if split == "all":
+        items = [item for group in groups.values() for item in group]
+    elif split in groups:
+        items = groups[split]
+    elif split == "test":
+        raise UserError(f"{data} has no test split (no test/ folder): --split all scores every image, --split val "
+                        "the validation images")
+    else:
+        return None
+    unknown = sorted({c for c, _ in items} - set(classes))
+    if unknown:
+        raise UserError(f"{data}: class folder(s) {', '.join(map(repr, unknown[:3]))} are not among the "
+                        f"checkpoint's {len(classes)} classes ({', '.join(classes[:5])}...)")
+    index = {c: i for i, c in enumerate(classes)}
+    return FileSet([path / m for _, m in items], np.asarray([index[c] for c, _ in items], dtype=np.int64), classes,
+                   image_size or DEFAULT_PHOTO_INPUT)
 
 
 def load_data(cfg: TrainConfig) -> Splits:

@@ -1,32 +1,36 @@
-"""`imgclf evaluate`: a checkpoint's accuracy, loss, per-class accuracy and confusion matrix on a split."""
+"""`imgclf evaluate`: a checkpoint's accuracy, loss, per-class scores and confusion matrix on a split."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from imgclf.data import load_data
+import numpy as np
+
+from imgclf.config import TrainConfig, data_input_size
+from imgclf.data import FileSet, ImageSet, load_data
 from imgclf.data.loaders import eval_batch_size, make_loader
-from imgclf.data.photos import Preprocess
+from imgclf.data.photos import PhotoSet, Preprocess
+from imgclf.data.sources import load_part
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import predict_logits, summarize
 from imgclf.models.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
 from imgclf.runtime import resolve_device
 
+SPLITS = ("test", "val", "all")  # all: every image of the source, whatever split it lies in
+
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str = "test", tta: bool = False,
                         data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """Score a checkpoint on the split it was trained beside (same seed, same val carve-out, same size)."""
+    """Score a checkpoint on the split it was trained beside (same seed, same val carve-out, same size), or on
+    every image of a source (`split="all"`: a plain labelled folder, or all splits of one together)."""
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     ckpt = load_checkpoint(checkpoint)
     cfg = checkpoint_config(ckpt)
     cfg = cfg.replace(data=data or cfg.data, data_dir=data_dir or cfg.data_dir, subset=None, train_fraction=1.0)
-    splits = load_data(cfg)
-    if splits.classes != ckpt["classes"]:
-        raise UserError(f"{cfg.data}: classes {splits.classes[:4]}... differ from the checkpoint's "
-                        f"{ckpt['classes'][:4]}...")
-    part = getattr(splits, split)
-    if part is None:
-        raise UserError(f"{cfg.data} has no {split} split; use --split val")
+    classes = list(ckpt["classes"])
+    part = scored_part(cfg, split, classes)
     dev = resolve_device(device)
     model = model_from_checkpoint(ckpt).to(dev)
     preprocess = Preprocess.from_checkpoint(ckpt)
@@ -35,4 +39,32 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
                          num_workers=cfg.num_workers, preprocess=preprocess)
     logits, labels = predict_logits(model, loader, tta=tta)  # float32: scores must not move with the CPU
     return {"checkpoint": str(checkpoint), "data": cfg.data, "split": split, "tta": tta,
-            **summarize(logits, labels, splits.classes)}
+            **summarize(logits, labels, classes)}
+
+
+def scored_part(cfg: TrainConfig, split: str, classes: list[str]) -> ImageSet | PhotoSet | FileSet:
+    """The images of `split` labelled by the checkpoint's `classes`. A folder's own test/ or val/ (or all of
+    it) is listed and streamed, decoding nothing else; other sources, and val carved out of train, load as
+    training loaded them (from the decode cache after a run)."""
+    part = load_part(cfg.data, split, classes, data_input_size(cfg))
+    if part is not None:
+        return part
+    splits = load_data(cfg)
+    if splits.classes != classes:
+        raise UserError(f"{cfg.data}: classes {splits.classes[:4]}... differ from the checkpoint's "
+                        f"{classes[:4]}...")
+    if split == "all":
+        return joined([p for p in (splits.train, splits.val, splits.test) if p is not None])
+    part = getattr(splits, split)
+    if part is None:
+        raise UserError(f"{cfg.data} has no {split} split: --split all scores every image, --split val the "
+                        "validation images")
+    return part
+
+
+def joined(parts: list[Any]) -> ImageSet | PhotoSet:
+    """The decoded splits of one source (a built-in set or an archive: one form, one class list) as one set."""
+    first, labels = parts[0], np.concatenate([p.labels for p in parts])
+    if isinstance(first, ImageSet):
+        return ImageSet(np.concatenate([p.images for p in parts]), labels, first.classes)
+    return PhotoSet([im for p in parts for im in p.images], labels, first.classes, first.image_size)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgclf.evaluation.scores import class_scores
+from imgclf.evaluation.scores import class_report, confusion, top_k_accuracy
 from imgclf.runtime import autocast
 
 
@@ -46,11 +46,25 @@ def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float
     return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
 
 
+def macro_f1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The unweighted mean of the per-class F1 over the classes present or predicted (a class in neither, as a
+    small class a split left out of val, does not count): unlike accuracy, a small class weighs as much as a
+    large one."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels.numpy(), logits.argmax(1).numpy(), average="macro", zero_division=0))
+
+
+SCORE_KEYS = ("balanced_accuracy", "macro_f1", "top5_accuracy", "per_class")  # beyond accuracy: metrics.json's too
+
+
 def summarize(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """accuracy, loss, per-class accuracy and the confusion matrix (rows: true, columns: predicted)."""
+    """accuracy, loss, balanced accuracy, macro-F1, top-5 accuracy (more than 5 classes, else None), per-class
+    precision/recall/F1/support and accuracy, and the confusion matrix (rows: true, columns: predicted)."""
     loss, acc = loss_and_accuracy(logits, labels)
-    true = labels.numpy()
-    scores = class_scores(true, logits.argmax(1).numpy(), len(classes))
+    true, pred = labels.numpy(), logits.argmax(1).numpy()
+    report = class_report(true, pred, classes)
     return {"accuracy": acc, "loss": loss, "num_images": int(len(true)),
-            "per_class_accuracy": {c: float(a) for c, a in zip(classes, scores.recall, strict=True)},
-            "confusion_matrix": scores.confusion.tolist(), "classes": classes}
+            "top5_accuracy": top_k_accuracy(true, logits.numpy()), **report,
+            "per_class_accuracy": {c: s["recall"] for c, s in report["per_class"].items()},
+            "confusion_matrix": confusion(true, pred, len(classes)).tolist(), "classes": classes}

@@ -7,7 +7,9 @@ count the same way from a predictions file or from a loader's logits.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +46,32 @@ def class_scores(labels: np.ndarray, pred: np.ndarray, num_classes: int) -> Clas
     classes = np.arange(num_classes)
     precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=classes, zero_division=0)
     return ClassScores(confusion(labels, pred, num_classes), precision, recall, f1, support)
+
+
+def class_report(labels: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """The scores a skewed set needs beside accuracy: balanced accuracy (mean recall of the classes present),
+    macro-F1 (over the classes present or predicted, so a split that lacks a class is not marked down for
+    it) and each class's precision, recall, F1 and support."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    scores = class_scores(labels, pred, len(classes))
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected, and the score is right
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = float(balanced_accuracy_score(labels, pred)) if len(labels) else None
+    return {"balanced_accuracy": balanced,
+            "macro_f1": float(f1_score(labels, pred, average="macro", zero_division=0)) if len(labels) else None,
+            "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+                          for c, p, r, f, n in zip(classes, scores.precision, scores.recall, scores.f1,
+                                                   scores.support, strict=True)}}
+
+
+def top_k_accuracy(labels: np.ndarray, logits: np.ndarray, k: int = 5) -> float | None:
+    """The share of samples whose class is among the k highest scores; None with k classes or fewer (always 1)."""
+    from sklearn.metrics import top_k_accuracy_score
+
+    if logits.shape[1] <= k or not len(labels):
+        return None
+    return float(top_k_accuracy_score(labels, logits, k=k, labels=np.arange(logits.shape[1])))
 
 
 def confused_pairs(cm: np.ndarray, top: int = 8) -> list[tuple[int, int, int, float]]:

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 import torch
 
+from imgclf.data.listing import is_archive
 from imgclf.data.photos import Preprocess
+from imgclf.data.sources import _warn_unreadable as warn_unreadable
 from imgclf.errors import UserError
+from imgclf.evaluation.gradcam import explainer
+from imgclf.fileio import atomic_file
+from imgclf.inference.bulk import Listing, Progress, Tally, list_inputs, score_line
 from imgclf.mathutil import softmax
 from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
 from imgclf.runtime import resolve_device
@@ -23,8 +33,10 @@ Backend = Callable[[torch.Tensor], np.ndarray]  # float (N, 3, S, S) in [0, 1] -
 class Predictor:
     """Decodes and views each image exactly as evaluation did (`Preprocess`), runs a backend, ranks."""
 
-    def __init__(self, backend: Backend, classes: list[str], preprocess: Preprocess, metadata: dict[str, Any]) -> None:
+    def __init__(self, backend: Backend, classes: list[str], preprocess: Preprocess, metadata: dict[str, Any],
+                 model: torch.nn.Module | None = None) -> None:
         self.backend, self.classes, self.preprocessing, self.metadata = backend, classes, preprocess, metadata
+        self.model = model  # the torch network behind a checkpoint's backend (Grad-CAM); None for ONNX
 
     @property
     def input_size(self) -> int:
@@ -52,22 +64,23 @@ class Predictor:
 
         metadata = {"model": ckpt["config"]["model"], "source": str(checkpoint), "backend": "torch",
                     "checkpoint_sha256": sha256_file(checkpoint)}
-        return cls(run, list(ckpt["classes"]), Preprocess.from_checkpoint(ckpt), metadata)
+        return cls(run, list(ckpt["classes"]), Preprocess.from_checkpoint(ckpt), metadata, model=model)
 
     def preprocess(self, sources: Sequence[bytes | str | Path]) -> torch.Tensor:
         """Decode each image as the data layer does and view it as evaluation does; raises ValueError
         naming a bad source."""
         return torch.stack([self.preprocessing.view(self._decode(s)) for s in sources])
 
-    def _decode(self, source: bytes | str | Path) -> np.ndarray:
+    def _decode(self, source: bytes | str | Path, name: str | None = None) -> np.ndarray:
+        """`name` says which image in a message (default: the path, or "upload" for bytes)."""
         if not isinstance(source, bytes) and not Path(source).is_file():
-            raise UserError(f"image not found: {source}")
+            raise UserError(f"image not found: {name or source}")
         try:
             return self.preprocessing.decode(source)
         except MemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - PIL raises many types (SyntaxError, EOFError, struct.error)
-            name = "upload" if isinstance(source, bytes) else str(source)
+            name = name or ("upload" if isinstance(source, bytes) else str(source))
             raise ValueError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
@@ -88,40 +101,99 @@ class Predictor:
     def predict(self, sources: Sequence[bytes | str | Path], top_k: int = 5) -> list[dict[str, Any]]:
         return self.rank(self.probabilities(self.preprocess(sources)), top_k)
 
-    def predict_each(self, paths: Sequence[str | Path], top_k: int = 5,
-                     batch_size: int = 64) -> Iterator[tuple[str | Path, dict[str, Any] | str]]:
-        """(path, prediction) in the order of `paths`, batched; a missing or unreadable file gives
-        (path, error message) instead, so one bad file among many costs only its own result."""
-        for i in range(0, len(paths), batch_size):
-            chunk = list(paths[i:i + batch_size])
-            views: list[torch.Tensor] = []
-            errors: dict[int, str] = {}
-            for j, path in enumerate(chunk):
-                try:
-                    views.append(self.preprocess([path])[0])
-                except (ValueError, UserError) as exc:
-                    errors[j] = str(exc)
-            ranked = iter(self.rank(self.probabilities(torch.stack(views)), top_k) if views else [])
-            for j, path in enumerate(chunk):
-                yield path, errors.get(j) or next(ranked)
+    def predict_each(self, sources: Iterable[tuple[str, bytes | str | Path]], top_k: int = 5,
+                     batch_size: int = 64) -> Iterator[tuple[str, dict[str, Any] | str]]:
+        """(name, prediction) for each (name, file or bytes) in order, `batch_size` read and decoded at a time
+        (in threads: Pillow and torch release the GIL), so any number of images takes one batch's memory; a
+        missing or unreadable one gives (name, error message) instead, costing only its own result."""
+        items = iter(sources)
+        with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
+            while chunk := list(islice(items, batch_size)):
+                yield from zip([name for name, _ in chunk], self._rank_chunk(pool, chunk, top_k), strict=True)
+
+    def _rank_chunk(self, pool: ThreadPoolExecutor, chunk: list[tuple[str, bytes | str | Path]],
+                    top_k: int) -> list[dict[str, Any] | str]:
+        """A prediction or an error message for each item; the decoded pixels are gone when it returns."""
+        views = list(pool.map(self._view_or_error, chunk))
+        good = [v for v in views if isinstance(v, torch.Tensor)]
+        ranked = iter(self.rank(self.probabilities(torch.stack(good)), top_k) if good else [])
+        return [view if isinstance(view, str) else next(ranked) for view in views]
+
+    def _view_or_error(self, item: tuple[str, bytes | str | Path]) -> torch.Tensor | str:
+        name, source = item
+        try:
+            return self.preprocessing.view(self._decode(source, name))
+        except (ValueError, UserError) as exc:
+            return str(exc)
 
 
 def predict_command(images: Sequence[str], checkpoint: str | None = None, onnx: str | None = None, top_k: int = 5,
-                    device: str = "auto", out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """`imgclf predict`: one JSON line per readable image on `out`, in order, and one line per bad file on
-    `err`; exit code 0, or 2 when any file was bad (the other results are still printed)."""
+                    device: str = "auto", out: TextIO | None = None, err: TextIO | None = None,
+                    explain: str | None = None, csv_out: str | None = None, batch_size: int = 64,
+                    quiet: bool = False) -> int:
+    """`imgclf predict` over image files, folders and archives, streamed a batch at a time.
+
+    Without `csv_out`: one JSON line per readable image on `out`, in order, and one line per bad file on `err`;
+    exit code 0, or 2 when any file was bad (the other results are still printed). With `csv_out`: one CSV
+    row per image, an unreadable one with its error in the row (exit code 0), written as results come to a
+    temp file renamed into place at the end, with progress on `err` and a JSON summary on `out`. Where
+    folders name the model's classes, results carry the true label and the summary the accuracy. With
+    `explain` (a folder) each JSON line also names the Grad-CAM overlay written there.
+    """
     if bool(checkpoint) == bool(onnx):
         raise UserError("give exactly one of --checkpoint or --onnx")
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
     out, err = out or sys.stdout, err or sys.stderr
     predictor = Predictor.load(checkpoint=checkpoint, onnx=onnx, device=device)
-    bad = False
-    for path, result in predictor.predict_each(images, top_k=top_k):
-        if isinstance(result, str):
-            bad = True
-            print(f"imgclf: error: {result}", file=err, flush=True)
-        else:
-            print(json.dumps({"file": str(path), **result}), file=out, flush=True)
-    return 2 if bad else 0
+    listing = list_inputs(images, predictor.classes, err)
+    if explain and any(is_archive(path) for _, path, _ in listing.inputs):
+        raise UserError("--explain takes image files and folders, not archives (extract it first)")
+    explain_one = explainer(predictor, explain) if explain else None
+    tally = Tally(predictor.classes)
+    progress = Progress(listing.total, err, enabled=bool(csv_out) and not quiet)
+    results = predictor.predict_each(listing.sources(), top_k=top_k, batch_size=batch_size)
+    if csv_out:
+        _write_csv(csv_out, results, listing, tally, progress, min(top_k, len(predictor.classes)))
+    else:
+        for name, result in results:
+            tally.add(name, result, listing.labels.get(name))
+            if isinstance(result, str):
+                print(f"imgclf: error: {result}", file=err, flush=True)
+                continue
+            if explain_one is not None:
+                result["explanation"] = explain_one(name, result["label"])
+            truth = {"true_label": listing.labels[name]} if name in listing.labels else {}
+            print(json.dumps({"file": name, **result, **truth}), file=out, flush=True)
+    progress.close()
+    summary = tally.summary(time.perf_counter() - progress.started)
+    if line := score_line(summary):
+        print(line, file=err)
+    if not csv_out:
+        return 2 if tally.unreadable else 0
+    warn_unreadable(tally.unreadable, [])
+    print(json.dumps({"out": str(csv_out), **summary}, indent=2), file=out)
+    return 0
 
+
+def _write_csv(path: str, results: Iterable[tuple[str, dict[str, Any] | str]], listing: Listing, tally: Tally,
+               progress: Progress, k: int) -> None:
+    """One row a result, as it comes (imgclf.fileio: a temp file renamed over `path` once all are written):
+    file, label_1, probability_1, ... label_k, probability_k[, true_label, correct], error."""
+    labelled = bool(listing.labels)
+    header = ["file", *[f"{w}_{i}" for i in range(1, k + 1) for w in ("label", "probability")]]
+    header += ["true_label", "correct"] if labelled else []
+    with atomic_file(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([*header, "error"])
+        for name, result in results:
+            truth = listing.labels.get(name)
+            tally.add(name, result, truth)
+            progress.update()
+            if isinstance(result, str):
+                writer.writerow([name, *[""] * (len(header) - 1), result])
+                continue
+            row = [name, *[v for t in result["top_k"] for v in (t["label"], t["probability"])]]
+            if labelled:
+                row += [truth or "", "" if truth is None else int(truth == result["label"])]
+            writer.writerow([*row, ""])

@@ -31,6 +31,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from imgclf.errors import UserError
+from imgclf.evaluation.gradcam import GradCAM, overlays_base64
 
 try:
     import fastapi_offline
@@ -41,7 +42,7 @@ try:
     from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi.security import APIKeyHeader
     from fastapi.staticfiles import StaticFiles
-    from pydantic import BaseModel
+    from pydantic import BaseModel, Field
 except ImportError as exc:  # the CLI turns this into one line, exit 2
     raise UserError(f"the server needs the serve extra ({exc.name} is missing): pip install 'imgclf[serve]'") from None
 
@@ -69,6 +70,8 @@ class Prediction(BaseModel):
     label: str
     probability: float
     top_k: list[Ranked]
+    explanation: str | None = Field(None, description="with explain=true: a Grad-CAM overlay of the image as "
+                                    "the model saw it (base64 PNG), showing where it found the predicted class")
 
 
 class FilePrediction(Prediction):
@@ -84,6 +87,8 @@ class Error(BaseModel):
 
 
 TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description="how many ranked classes to return")]
+Explain = Annotated[bool, Query(description="add a Grad-CAM overlay of each image (needs a torch checkpoint, "
+                                            "not ONNX; costs a backward pass)")]
 
 
 @dataclass(frozen=True)
@@ -281,11 +286,20 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
     # that wake up over the long ones that keep running.
     lanes = {large: _Lane(decode_threads, f"imgclf-decode-{'large' if large else 'small'}") for large in (False, True)}
 
-    def run_batch(items: list[tuple[torch.Tensor, int]]) -> list[dict[str, Any]]:
-        probs = predictor.probabilities(torch.cat([x for x, _ in items]))
-        return [predictor.rank(row[None], k)[0] for row, (_, k) in zip(probs, items, strict=True)]
+    cam = GradCAM(predictor.model, predictor.input_size) if predictor.model is not None else None
 
-    batcher: MicroBatcher[tuple[torch.Tensor, int], dict[str, Any]] = MicroBatcher(
+    def run_batch(items: list[tuple[torch.Tensor, int, bool]]) -> list[dict[str, Any]]:
+        batch = torch.cat([x for x, _, _ in items])
+        probs = predictor.probabilities(batch)
+        results = [predictor.rank(row[None], k)[0] for row, (_, k, _) in zip(probs, items, strict=True)]
+        wanted = [i for i, (_, _, explain) in enumerate(items) if explain]
+        if wanted and cam is not None:  # the routes refuse explain=true without a torch model
+            pngs = overlays_base64(cam, batch[wanted], probs[wanted].argmax(axis=1).tolist())
+            for i, png in zip(wanted, pngs, strict=True):
+                results[i]["explanation"] = png
+        return results
+
+    batcher: MicroBatcher[tuple[torch.Tensor, int, bool], dict[str, Any]] = MicroBatcher(
         run_batch, settings.max_batch_size, settings.max_wait_ms, workers=settings.workers)
 
     @asynccontextmanager
@@ -374,25 +388,33 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
             except ClientError as exc:
                 raise ClientError(exc.status, f"{label}: {exc.detail}") from None
 
-    @app.post("/predict", response_model=Prediction, responses=errors, dependencies=protected,
-              summary="Classify one image")
+    def check_explain(explain: bool) -> None:
+        if explain and cam is None:
+            raise ClientError(422, "explain=true needs a torch checkpoint: this server runs an ONNX model, "
+                                   "which has no gradients (serve --checkpoint instead)")
+
+    # exclude_unset: "explanation" appears only when asked for, and every other answer stays as it was
+    @app.post("/predict", response_model=Prediction, response_model_exclude_unset=True, responses=errors,
+              dependencies=protected, summary="Classify one image")
     async def predict(file: Annotated[UploadFile, File(description="one image (PNG, JPEG, ...)")],
-                      top_k: TopK = 5) -> dict[str, Any]:
+                      top_k: TopK = 5, explain: Explain = False) -> dict[str, Any]:
+        check_explain(explain)
         [pixels] = await check_uploads([(file, "file")])
         x = await read_and_decode(file, "file", pixels)
-        return await batcher.submit((x, top_k))
+        return await batcher.submit((x, top_k, explain))
 
-    @app.post("/predict/batch", response_model=list[FilePrediction], responses=errors, dependencies=protected,
-              summary="Classify several images; results in upload order")
+    @app.post("/predict/batch", response_model=list[FilePrediction], response_model_exclude_unset=True,
+              responses=errors, dependencies=protected, summary="Classify several images; results in upload order")
     async def predict_batch(files: Annotated[list[UploadFile], File(description="images, one per part")],
-                            top_k: TopK = 5) -> list[dict[str, Any]]:
+                            top_k: TopK = 5, explain: Explain = False) -> list[dict[str, Any]]:
+        check_explain(explain)
         if len(files) > settings.max_files:
             raise ClientError(413, f"{len(files)} files; the limit is {settings.max_files} a request")
         labelled = [(f, f"files[{i}] ({f.filename or 'unnamed'})") for i, f in enumerate(files)]
         pixels = await check_uploads(labelled)
         tensors = await asyncio.gather(*(read_and_decode(f, label, n)
                                          for (f, label), n in zip(labelled, pixels, strict=True)))
-        results = await batcher.submit_many([(x, top_k) for x in tensors])
+        results = await batcher.submit_many([(x, top_k, explain) for x in tensors])
         return [{"file": f.filename, **r} for f, r in zip(files, results, strict=True)]
 
     @app.get("/health", response_model=Health, summary="Liveness: the model is loaded and serving")

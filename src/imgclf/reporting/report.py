@@ -1,4 +1,5 @@
-"""`imgclf report RUN_DIR`: learning curves, a diagnosis in words, errors, top losses and calibration.
+"""`imgclf report RUN_DIR`: learning curves, a diagnosis in words, errors, top losses, Grad-CAM heatmaps and
+calibration.
 
 The report reads only what the run directory holds (`rundir.load_run`), names whatever it lacks instead
 of failing, and is written as a `Document`: RUN_DIR/report.md with figures under RUN_DIR/figures, and a
@@ -9,6 +10,7 @@ comparison report instead.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -70,6 +72,7 @@ def write_report(run_dir: str | Path, top_k: int = 18) -> Path:
         classes = _class_names(run.classes, logits.shape[1])
         _errors_section(doc, logits, labels, classes, split)
         _top_losses_section(doc, run, logits, labels, classes, split, top_k)
+        _gradcam_section(doc, run, logits, labels, classes, split)
         _calibration_section(doc, run, logits, labels, split)
     skipped = m.get("skipped_files") or {}
     if skipped.get("count"):
@@ -218,6 +221,68 @@ def _top_losses_section(doc: Document, run: RunArtifacts, logits: np.ndarray, la
         if count >= 3:
             caption += (f" {count} of them are **{classes[pair[0]]}** taken for **{classes[pair[1]]}**.")
     doc.figure("top_losses", figs.top_losses(images, titles, title=f"Highest-loss {split} images"), caption)
+
+
+GRADCAM_LOSSES = 12  # highest-loss images explained
+GRADCAM_CORRECT = 6  # and a seeded sample of correctly classified ones, for contrast
+
+
+def _gradcam_section(doc: Document, run: RunArtifacts, logits: np.ndarray, labels: np.ndarray,
+                     classes: list[str], split: str) -> None:
+    """Grad-CAM overlays of the predicted class on the highest-loss images and on a few right ones, from
+    checkpoints/last.pt: the weights that made the saved predictions."""
+    checkpoint = run.run_dir / "checkpoints" / "last.pt"
+    if not checkpoint.is_file():
+        return  # named under "What this run directory lacks" (a NumPy-network run has none to explain)
+    doc.heading("What the model looked at")
+    losses = per_sample_loss(logits, labels)
+    preds = logits.argmax(axis=1)
+    worst = np.argsort(losses, kind="stable")[::-1][:GRADCAM_LOSSES]
+    right = np.flatnonzero(preds == labels)
+    right = np.sort(np.random.default_rng(0).choice(right, min(GRADCAM_CORRECT, len(right)), replace=False))
+    overlays, why_not = _gradcam_overlays(run.config, checkpoint, split, labels, np.concatenate([worst, right]),
+                                          preds)
+    if overlays is None:
+        doc.note(f"Not shown: {why_not}.")
+        return
+    probs = softmax(logits)
+    titles = [(classes[labels[i]], classes[preds[i]], float(probs[i].max()), float(losses[i]))
+              for i in np.concatenate([worst, right])]
+    explain = ("Grad-CAM: red marks the regions that raised the score of the **predicted** class most, blue "
+               "those that did not. ")
+    doc.figure("gradcam_top_losses", figs.top_losses(overlays[:len(worst)], titles[:len(worst)],
+                                                     title=f"Grad-CAM: highest-loss {split} images"),
+               explain + "On a mistake it shows what the wrong class was seen in: a background, a part shared "
+                         "with another class, or a second object.")
+    if len(right):
+        doc.figure("gradcam_correct", figs.top_losses(overlays[len(worst):], titles[len(worst):],
+                                                      title=f"Grad-CAM: correctly classified {split} images"),
+                   explain + f"{len(right)} correctly classified images picked at random: the heat should sit on "
+                             "the object, not on its surroundings.")
+
+
+def _gradcam_overlays(config: dict[str, Any], checkpoint: Path, split: str, labels: np.ndarray, index: np.ndarray,
+                      preds: np.ndarray) -> tuple[list[np.ndarray] | None, str | None]:
+    """Overlays (uint8 RGB) of the images at `index`, each explaining its saved prediction; or (None, why)."""
+    import torch
+
+    from imgclf.data.photos import Preprocess
+    from imgclf.errors import UserError
+    from imgclf.evaluation.gradcam import GradCAM, overlay
+    from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
+
+    images, why_not = split_images(config, split, labels, index)
+    if images is None:
+        return None, why_not
+    try:
+        ckpt = load_checkpoint(checkpoint)
+        model = model_from_checkpoint(ckpt)
+        preprocess = Preprocess.from_checkpoint(ckpt)
+        views = torch.stack([preprocess.view(image) for image in images])
+        maps, _ = GradCAM(model, preprocess.input_size)(views, preds[index].tolist())
+    except UserError as exc:
+        return None, f"the checkpoint could not be used ({exc})"
+    return [overlay(view, heat) for view, heat in zip(views, maps, strict=True)], None
 
 
 def _calibration_section(doc: Document, run: RunArtifacts, logits: np.ndarray, labels: np.ndarray,

@@ -110,7 +110,8 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
     if (root / "model.npz").is_file():
         pass  # a NumPy-network run: its weights live in model.npz, and torch checkpoints do not apply
     elif not (root / "checkpoints" / "last.pt").is_file():
-        missing.append("`checkpoints/last.pt` (this run cannot be resumed, evaluated or exported)")
+        missing.append("`checkpoints/last.pt` (this run cannot be resumed, evaluated, exported or explained with "
+                       "Grad-CAM)")
     if classes is not None and not isinstance(classes, list):
         classes = None
     return RunArtifacts(root, config, history, metrics, classes, lr_steps, predictions, missing)

@@ -13,18 +13,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf.config import TrainConfig, resolve
+from imgclf.config import TrainConfig, checkpoint_interval, resolve
 from imgclf.data import Splits, load_data
 from imgclf.data.loaders import BatchAugment, endless, eval_batch_size, make_loader
 from imgclf.data.photos import Preprocess, train_transform
 from imgclf.errors import UserError
-from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits, summarize
+from imgclf.evaluation.metrics import SCORE_KEYS, loss_and_accuracy, predict_logits, summarize
 from imgclf.fileio import write_json, write_with
 from imgclf.models import build_model
 from imgclf.models.checkpoint import checkpoint_config, load_checkpoint
 from imgclf.runtime import plain_step, resolve_amp, resolve_device, seed_everything
 from imgclf.training import callbacks as cb
 from imgclf.training import distributed
+from imgclf.training.losses import criterion_for, imbalance_warning
 from imgclf.training.optim import build_optimizer, decay_split
 from imgclf.training.plan import optimizer_groups, plan_finetune
 from imgclf.training.staged import stage_head
@@ -34,7 +35,8 @@ RATE_PROBE_STEPS = 3  # timed steps per width when a CPU run sizes its net (conf
 SKIPPED_LISTED = 50  # unreadable files named in metrics.json (all are counted)
 UNBOUNDED_EPOCHS = 1_000_000  # a time-budgeted run without --epochs stops on time alone
 # what --resume may change: where and how long it runs, never what it learns
-RESUME_OVERRIDABLE = {"epochs", "time_budget", "quiet", "device", "num_workers", "data", "data_dir", "out"}
+RESUME_OVERRIDABLE = {"epochs", "time_budget", "quiet", "device", "num_workers", "data", "data_dir", "out",
+                      "logger", "checkpoint_every"}
 
 
 @dataclass
@@ -62,10 +64,14 @@ def train_loader_for(cfg: TrainConfig, data: Any, device: torch.device) -> Any:
     """Shuffled, augmented batches: whole-batch translate/flip/cutout for small squares, per-image
     random-resized crop, flip and policy for photos."""
     batch_augment = BatchAugment(cfg.crop_pad, cfg.flip, cfg.cutout)
-    return make_loader(data, cfg.batch_size, device, train=True, augment=batch_augment, seed=cfg.seed,
-                       input_size=cfg.image_size, channels_last=cfg.channels_last,
-                       num_workers=cfg.num_workers, preprocess=preprocess_for(cfg),
-                       photo_augment=train_transform(cfg.image_size, cfg.augment_policy, cfg.min_crop_scale, cfg.flip))
+    loader = make_loader(data, cfg.batch_size, device, train=True, augment=batch_augment, seed=cfg.seed,
+                         input_size=cfg.image_size, channels_last=cfg.channels_last,
+                         num_workers=cfg.num_workers, preprocess=preprocess_for(cfg),
+                         photo_augment=train_transform(cfg.image_size, cfg.augment_policy, cfg.min_crop_scale,
+                                                       cfg.flip))
+    if cfg.sampler == "balanced":
+        loader.balance(data.labels)
+    return loader
 
 
 def eval_loader_for(cfg: TrainConfig, data: Any, device: torch.device) -> Any:
@@ -123,11 +129,28 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
         run_dir = new_run_dir(cfg.out, cfg)
     dist = distributed.setup(cfg)
     device = dist.device if dist.active else resolve_device(cfg.device)
+    if cfg.speedrun and (cfg.logger != "none" or cfg.checkpoint_every != TrainConfig.checkpoint_every):
+        raise UserError("a speed run takes seconds and keeps final weights only: --logger and --checkpoint-every "
+                        "do not apply to it")
+    tensorboard = None
+    if cfg.logger == "tensorboard" and dist.is_main:  # a missing package is refused now, before the data is read
+        from imgclf.training.tensorboard import TensorBoardLogger
+
+        tensorboard = TensorBoardLogger(run_dir / "tensorboard")
     seed_everything(cfg.seed)
-    splits = splits or load_data(cfg)
+    if splits is None:
+        splits = load_data(cfg)
+        if dist.is_main:  # identical images in two splits or under two labels: one line, about 0.3 s on CIFAR
+            from imgclf.evaluation.inspection import warn_exact_duplicates
+
+            warn_exact_duplicates(splits, cfg.data)
     classes = splits.classes
     if ckpt is not None and ckpt["classes"] != classes:
         raise UserError(f"{resume}: trained on classes {ckpt['classes'][:3]}..., data has {classes[:3]}...")
+    if ckpt is None and dist.is_main and (cfg.class_weights, cfg.sampler) == ("none", "shuffle"):
+        warning = imbalance_warning(splits.train.labels, classes)
+        if warning:
+            print(warning, file=sys.stderr)
     if cfg.speedrun:  # the speed engine: its own loop, the same run directory
         from imgclf.training.speedrun import train_speedrun
 
@@ -171,9 +194,13 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     if cfg.early_stop_patience:
         callbacks.append(cb.EarlyStopping(cfg.early_stop_patience, cfg.early_stop_min_delta))
     if dist.is_main:
-        # the checkpoint first: history.csv never shows an epoch that last.pt does not hold
-        callbacks += [cb.Checkpointer(run_dir / "checkpoints"), cb.HistoryCSV(run_dir / "history.csv"),
-                      cb.LRMonitor(run_dir / "lr_schedule.csv"), cb.ProgressBar(False if cfg.quiet else None)]
+        # the per-step logs (written out by the Checkpointer just before each save: a resume trims what runs
+        # ahead of last.pt), then the checkpoint, then history.csv, which never shows an epoch last.pt lacks
+        logs = [cb.LRMonitor(run_dir / "lr_schedule.csv"), *([tensorboard] if tensorboard else [])]
+        every_steps, every_seconds = checkpoint_interval(cfg.checkpoint_every)
+        callbacks += [*logs, cb.Checkpointer(run_dir / "checkpoints", every_steps, every_seconds,
+                                             before_save=[log.write for log in logs]),
+                      cb.HistoryCSV(run_dir / "history.csv"), cb.ProgressBar(False if cfg.quiet else None)]
     callbacks += extra_callbacks or []
     head_seconds = (extra.get("staged") or {}).get("seconds", 0.0)  # ran before the Trainer's clock
     trainer = Trainer(model, cfg, train_loader, val_loader, optimizer=optimizer,
@@ -181,7 +208,8 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
                       amp_dtype=amp_dtype, train_model=train_model, is_main=dist.is_main,
                       agree=dist.agree if dist.active else None, checkpoint_extra=extra,
                       # the head phase may have used it all (a slow CPU): then the top trains one batch
-                      time_budget=max(cfg.time_budget - head_seconds, 1e-3) if cfg.time_budget else None)
+                      time_budget=max(cfg.time_budget - head_seconds, 1e-3) if cfg.time_budget else None,
+                      criterion=criterion_for(cfg, splits.train.labels, len(classes)).to(device))
     if ckpt is not None:
         if plan is not None:
             plan.prepare_resume(trainer, ckpt["trainer"]["epoch"])
@@ -192,9 +220,11 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
 
     started = time.perf_counter()
     trainer.fit()
+    weights = trainer.adopt_better_weights()  # --ema: the averaged weights when they beat the raw ones
     if trainer.stop_reason and not cfg.quiet and dist.is_main:
         print(f"imgclf: {trainer.stop_reason}", file=sys.stderr)
     metrics = final_metrics(trainer, splits, device, amp_dtype, run_dir, dist.is_main)
+    metrics["weights"] = weights  # which weights the final numbers (and the returned model) are: "raw" | "ema"
     if extra.get("staged"):  # the head phase ran before the Trainer's clock: count it as training time
         metrics["staged"] = extra["staged"]
         metrics["train_seconds"] = round(metrics["train_seconds"] + head_seconds, 3)
@@ -258,7 +288,7 @@ def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, amp_dt
             results[name]["accuracy_without_tta"] = loss_and_accuracy(plain, labels)[1]
         if is_main:
             save_predictions(run_dir, name, logits, labels)
-    images_seen = trainer.step * cfg.batch_size
+    images_seen = trainer.step * cfg.batch_size * cfg.accumulate
     return {
         "val_accuracy": results["val"]["accuracy"],
         "test_accuracy": results["test"]["accuracy"] if results["test"] else None,
@@ -268,6 +298,8 @@ def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, amp_dt
         "test_loss": results["test"]["loss"] if results["test"] else None,
         "best_epoch": trainer.best_epoch,
         "best_val_accuracy": trainer.best_val_acc,
+        "monitor": cfg.monitor,
+        "best_monitored": trainer.best_score,  # the best epoch's val_acc or val_macro_f1 (what best.pt holds)
         "epochs_run": trainer.epoch,
         "steps": trainer.step,
         "train_seconds": round(trainer.train_seconds, 3),
@@ -280,4 +312,6 @@ def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, amp_dt
         "tta": cfg.tta,
         "stop_reason": trainer.stop_reason,
         "per_class_test_accuracy": results["test"]["per_class_accuracy"] if results["test"] else None,
+        **{f"{name}_{key}": results[name][key] if results[name] else None for name in ("val", "test")
+           for key in SCORE_KEYS},  # val_macro_f1, test_per_class, ...
     }

@@ -406,6 +406,12 @@ def train_speedrun(cfg: TrainConfig, splits: Splits, run_dir: Path,
     if cfg.time_budget or cfg.pretrained or cfg.weights:
         raise UserError("the speed run trains from scratch for a number of epochs: use --epochs, not "
                         "--time-budget, --pretrained or --weights")
+    if (cfg.class_weights, cfg.sampler, cfg.monitor) != ("none", "shuffle", "val_acc"):
+        raise UserError("the speed run has its own loss and order and keeps its final weights only: drop "
+                        "--class-weights, --sampler and --monitor")
+    if cfg.mixup or cfg.cutmix or cfg.ema or cfg.accumulate > 1:
+        raise UserError("the speed run has its own loop, with its own weight averaging (lookahead): drop "
+                        "--mixup, --cutmix, --ema and --accumulate")
     if not isinstance(splits.train, ImageSet) or splits.train.image_size < 16:
         raise UserError("the speed run is for small square images held in memory (CIFAR-like, 16 to 64 px); "
                         "for photos use the default recipe or --recipe finetune")

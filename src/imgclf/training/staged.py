@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from imgclf.config import TrainConfig
@@ -30,6 +29,7 @@ from imgclf.models.base import ImageClassifier
 from imgclf.runtime import autocast
 from imgclf.training.callbacks import Callback
 from imgclf.training.finetune import freeze_backbone, freeze_bn_stats, unwrap
+from imgclf.training.losses import criterion_for
 from imgclf.training.optim import decay_split
 
 HEAD_LR = 3e-3  # AdamW on cached features; the head is linear, so a high LR with cosine decay converges fast
@@ -82,13 +82,15 @@ def extract_features(model: ImageClassifier, batches: Iterable[tuple[torch.Tenso
 
 
 def train_head(head: nn.Module, features_of: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor,
-               cfg: TrainConfig, epochs: int, seed: int) -> float:
+               cfg: TrainConfig, epochs: int, seed: int, criterion: nn.Module | None = None) -> float:
     """Train `head` on features with AdamW and a cosine LR, in a seeded order; returns the last epoch's loss.
+    `criterion`: the training loss (default: the config's, unweighted).
 
     `features_of(index)` gives the features of the examples at `index`: slices of a cache here, or a forward
     pass of the frozen backbone (the tests check both give the same head).
     """
     optimizer = torch.optim.AdamW(decay_split(head.parameters(), HEAD_LR, cfg.weight_decay), lr=HEAD_LR)
+    criterion = criterion if criterion is not None else criterion_for(cfg)
     n = len(labels)
     steps_per_epoch = math.ceil(n / HEAD_BATCH)
     total = max(1, epochs * steps_per_epoch)
@@ -103,7 +105,7 @@ def train_head(head: nn.Module, features_of: Callable[[torch.Tensor], torch.Tens
             for group in optimizer.param_groups:
                 group["lr"] = HEAD_LR * 0.5 * (1 + math.cos(math.pi * step / total))
             out = head(features_of(idx))
-            loss = F.cross_entropy(out, labels[idx.to(labels.device)], label_smoothing=cfg.label_smoothing)
+            loss = criterion(out, labels[idx.to(labels.device)])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -132,7 +134,10 @@ def fit_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, augmente
         parts.append(f)
         part_labels.append(y)
     cache, targets = torch.cat(parts), torch.cat(part_labels)
-    loss = train_head(model.head, lambda idx: cache[idx.to(cache.device)], targets, cfg, cfg.head_epochs, cfg.seed)
+    # --class-weights auto: weighted by the classes among the features the head trains on
+    criterion = criterion_for(cfg, targets.cpu().numpy(), model.head[-1].out_features).to(cache.device)
+    loss = train_head(model.head, lambda idx: cache[idx.to(cache.device)], targets, cfg, cfg.head_epochs, cfg.seed,
+                      criterion)
     return HeadReport(views, len(targets), time.perf_counter() - started, rate, loss)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +13,16 @@ import torch
 from torch import nn
 
 from imgclf.config import TrainConfig
-from imgclf.evaluation.metrics import loss_and_accuracy, predict_logits
+from imgclf.evaluation.metrics import loss_and_accuracy, macro_f1, predict_logits
 from imgclf.runtime import autocast
 from imgclf.training.callbacks import Callback
 from imgclf.training.checkpoint import FORMAT, rng_state, save_atomic, set_rng_state
+from imgclf.training.ema import WeightEMA
+from imgclf.training.losses import criterion_for
+from imgclf.training.mixing import batch_mixer, dominant_labels
 from imgclf.training.schedules import lr_multiplier
+
+MONITORED = {"val_acc": "val_acc", "macro_f1": "val_macro_f1"}  # --monitor -> the history column it selects on
 
 
 class Trainer:
@@ -30,7 +37,8 @@ class Trainer:
                  callbacks: list[Callback] | None = None, amp_dtype: torch.dtype | None = None,
                  train_model: nn.Module | None = None, is_main: bool = True,
                  agree: Callable[[float, bool], tuple[float, bool]] | None = None,
-                 checkpoint_extra: dict[str, Any] | None = None, time_budget: float | None = None) -> None:
+                 checkpoint_extra: dict[str, Any] | None = None, time_budget: float | None = None,
+                 criterion: nn.Module | None = None) -> None:
         self.model = model  # the plain module: what checkpoints hold
         self.train_model = train_model or model  # what the loop calls (compiled or DDP-wrapped)
         self.config, self.train_loader, self.val_loader = config, train_loader, val_loader
@@ -39,7 +47,11 @@ class Trainer:
         self.amp_dtype = amp_dtype
         use_scaler = amp_dtype == torch.float16 and next(model.parameters()).device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        # run.py passes the loss built from the training labels (class weights need them)
+        self.criterion = criterion if criterion is not None else criterion_for(config)
+        self.mixer = batch_mixer(config, len(classes))  # --mixup / --cutmix: soft targets, same criterion
+        self.ema = WeightEMA(model, config.ema) if config.ema else None
+        self.best_weights = "raw"  # which weights won the best epoch: "raw", or "ema" (best.pt holds them)
         self.is_main = is_main
         self.agree = agree  # DDP: ranks agree on the clock and on stopping after every step
         self.checkpoint_extra = checkpoint_extra or {}
@@ -49,10 +61,16 @@ class Trainer:
             group.setdefault("peak_lr", group["lr"])
         self.epoch = 0  # the next epoch to run (0-based)
         self.step = 0
+        # inside an epoch: its batches done and their (loss sum, correct, seen), which a mid-epoch checkpoint
+        # holds so that a resume runs only the rest of the epoch and its history row comes out the same
+        self.batch = 0
+        self.epoch_sums: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self.train_seconds = 0.0
         self.history: list[dict[str, Any]] = []
-        self.best_val_acc = -1.0
+        self.best_val_acc = -1.0  # val accuracy of the best epoch
         self.best_epoch = 0
+        self.monitor_key = MONITORED[config.monitor]
+        self.best_score = -1.0  # the best epoch's value of the monitored column (val_acc or val_macro_f1)
         self.stop_reason: str | None = None
         self.current_lr = optimizer.param_groups[-1]["lr"]
 
@@ -61,47 +79,47 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         self._call("on_fit_start")
         while self.epoch < self.max_epochs and self.stop_reason is None:
-            self.train_loader.set_epoch(self.epoch)
+            self.train_loader.set_epoch(self.epoch, start=self.batch)
             self._call("on_epoch_start")
             train_loss, train_acc = self._train_epoch()
-            val_loss, val_acc = loss_and_accuracy(*predict_logits(self.model, self.val_loader,
-                                                                  amp_dtype=self.amp_dtype))
             self.epoch += 1
             row = {"epoch": self.epoch, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
-                   "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6),
+                   **self._validate(self.model),
                    "lr": float(f"{self.current_lr:.6g}"), "seconds": round(self.train_seconds, 3)}
+            if self.ema is not None:  # the averaged weights, scored beside the raw ones (extra history columns)
+                row.update(self._validate(self.ema.module, "_ema"))
             self.history.append(row)
-            if val_acc > self.best_val_acc:
-                self.best_val_acc, self.best_epoch = val_acc, self.epoch
+            weights = self.better_weights(row)
+            suffix = "_ema" if weights == "ema" else ""
+            if row[self.monitor_key + suffix] > self.best_score:
+                self.best_score, self.best_val_acc = row[self.monitor_key + suffix], row["val_acc" + suffix]
+                self.best_epoch, self.best_weights = self.epoch, weights
             self._call("on_epoch_end", row)
         self._call("on_fit_end")
         return self.history
 
+    def _validate(self, model: nn.Module, suffix: str = "") -> dict[str, float]:
+        """Val loss, accuracy and macro F1 of `model` as history columns (names + `suffix`)."""
+        logits, labels = predict_logits(model, self.val_loader, amp_dtype=self.amp_dtype)
+        loss, acc = loss_and_accuracy(logits, labels)
+        return {f"val_loss{suffix}": round(loss, 6), f"val_acc{suffix}": round(acc, 6),
+                f"val_macro_f1{suffix}": round(macro_f1(logits, labels), 6)}  # milliseconds: always recorded
+
     def _train_epoch(self) -> tuple[float, float]:
         self.train_model.train()
         device = next(self.model.parameters()).device
-        total_loss = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
+        total_loss, correct, seen = self._resumed_sums(device)
         tick = time.perf_counter()
-        for x, y in self.train_loader:
+        for group in self._step_groups():
             self._call("on_batch_start")
             self._set_lr()
-            with autocast(device, self.amp_dtype):
-                out = self.train_model(x)
-                loss = self.criterion(out, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.config.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            step_loss, step_correct, step_seen = self._step(group, device)
             self.step += 1
-            loss_value = loss.item()
-            total_loss += loss.detach() * len(y)
-            correct += (out.argmax(1) == y).sum()
-            seen += len(y)
+            loss_value = (step_loss / max(step_seen, 1)).item()
+            total_loss += step_loss
+            correct += step_correct
+            seen += step_seen
+            self.batch, self.epoch_sums = self.batch + len(group), (total_loss, correct, seen)
             now = time.perf_counter()
             self.train_seconds += now - tick
             tick = now
@@ -112,11 +130,60 @@ class Trainer:
                     self.stop_reason = "another rank stopped"
             if self.stop_reason is not None:
                 break
+        self.batch, self.epoch_sums = 0, None
         return (total_loss / max(seen, 1)).item(), (correct.float() / max(seen, 1)).item()
+
+    def _step_groups(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The epoch's batches, --accumulate at a time (the last group holds the rest when they do not divide)."""
+        batches = iter(self.train_loader)
+        while group := list(itertools.islice(batches, self.config.accumulate)):
+            yield group
+
+    def _step(self, group: list[tuple[torch.Tensor, torch.Tensor]],
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One optimizer step over a group of batches: each one's loss weighted 1/len(group), so the summed
+        gradients equal one batch of them all (BatchNorm still sees each batch alone). Returns the step's loss
+        sum, correct count (against each mixed target's dominant class) and number of images."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for i, (x, y) in enumerate(group):
+            if self.mixer is not None:
+                x, y = self.mixer(x, y)
+            with self._no_sync(last=i == len(group) - 1):
+                with autocast(device, self.amp_dtype):
+                    out = self.train_model(x)
+                    loss = self.criterion(out, y)
+                self.scaler.scale(loss / len(group)).backward()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == dominant_labels(y)).sum()
+            seen += len(y)
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return loss_sum, correct, seen
+
+    def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """Under DDP, gradients are all-reduced once a step, on its last batch."""
+        if last or not hasattr(self.train_model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.train_model.no_sync()
+
+    def _resumed_sums(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The epoch's running (loss sum, correct, seen): zeros, or what a mid-epoch checkpoint held."""
+        if self.epoch_sums is None:
+            return torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0
+        loss_sum, correct, seen = self.epoch_sums
+        return loss_sum.to(device), correct.to(device), seen
 
     def progress(self) -> float:
         """Share of training done: by steps, or by seconds when a time budget is set (whichever is further)."""
-        total_steps = max(1, self.max_epochs * len(self.train_loader))
+        total_steps = max(1, self.max_epochs * -(-len(self.train_loader) // self.config.accumulate))
         by_steps = self.step / total_steps
         if self.time_budget:
             return max(by_steps, self.train_seconds / self.time_budget)
@@ -147,8 +214,31 @@ class Trainer:
                 "classes": self.classes,
                 "trainer": {"epoch": self.epoch, "step": self.step, "train_seconds": self.train_seconds,
                             "history": list(self.history), "best_val_acc": self.best_val_acc,
-                            "best_epoch": self.best_epoch},
+                            "best_epoch": self.best_epoch, "best_score": self.best_score, "batch": self.batch,
+                            "epoch_sums": None if self.epoch_sums is None
+                            else [s.to("cpu", copy=True) for s in self.epoch_sums[:2]] + [self.epoch_sums[2]]},
+                **({"ema": self.ema.state_dict(), "best_weights": self.best_weights} if self.ema else {}),
                 **self.checkpoint_extra}
+
+    def better_weights(self, row: dict[str, Any]) -> str:
+        """"ema" when the averaged weights beat the raw ones on the monitored column of an epoch's row."""
+        return "ema" if row.get(self.monitor_key + "_ema", -1.0) > row[self.monitor_key] else "raw"
+
+    def best_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """best.pt from the best epoch's `state`: its `model` (what evaluate, predict, serve and export load) is
+        the weights that won, named in "weights"; when the EMA won, the raw ones stay as "raw_model", so a
+        resume from best.pt continues exactly."""
+        if self.best_weights == "raw":
+            return {**state, "weights": "raw"}
+        return {**state, "model": self.ema.module.state_dict(), "raw_model": state["model"], "weights": "ema"}
+
+    def adopt_better_weights(self) -> str:
+        """After fit: load the EMA weights into the model when they beat the raw ones in the last epoch (the
+        final evaluation, predictions and the returned model then use them); returns "ema" or "raw"."""
+        if self.ema is None or not self.history or self.better_weights(self.history[-1]) == "raw":
+            return "raw"
+        self.model.load_state_dict(self.ema.module.state_dict())
+        return "ema"
 
     def save(self, path: Path, state: dict[str, Any] | None = None) -> None:
         if self.is_main:
@@ -156,7 +246,10 @@ class Trainer:
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         """Continue exactly where a checkpoint left off (weights, optimizer, scaler, RNG, counters)."""
-        self.model.load_state_dict(ckpt["model"])
+        self.model.load_state_dict(ckpt.get("raw_model", ckpt["model"]))  # best.pt whose EMA won holds both
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+            self.best_weights = ckpt["best_weights"]
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
@@ -164,3 +257,6 @@ class Trainer:
         self.epoch, self.step, self.train_seconds = t["epoch"], t["step"], t["train_seconds"]
         self.history = list(t["history"])
         self.best_val_acc, self.best_epoch = t["best_val_acc"], t["best_epoch"]
+        self.best_score = t.get("best_score", t["best_val_acc"])  # older checkpoints monitored val_acc
+        self.batch = t.get("batch", 0)  # checkpoints from before mid-epoch saves were all at an epoch's end
+        self.epoch_sums = tuple(t["epoch_sums"]) if t.get("epoch_sums") is not None else None
