@@ -90,3 +90,20 @@ def stop_process(proc: subprocess.Popen, grace: float = 15) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+PHOTO_SHAPES = [(48, 36), (36, 60), (40, 40), (80, 45)]  # (width, height): landscape, portrait, square, wide
+
+
+def make_photo_folder(root: Path, per_class: int = 8) -> Path:
+    """root/{train,test}/<class>/<i>.jpg of several aspect ratios, learnable colours and stripes."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", 4)):
+        for c in range(3):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                w, h = PHOTO_SHAPES[i % len(PHOTO_SHAPES)]
+                tile = class_image(c, rng, size=max(w, h))[:h, :w]
+                Image.fromarray(tile).save(folder / f"{i}.jpg", quality=95)
+    return root

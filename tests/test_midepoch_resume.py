@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from helpers import make_folder
+from helpers import make_folder, make_photo_folder
 from imgclf.config import TrainConfig, checkpoint_interval
 from imgclf.data import load_splits
 from imgclf.data.loaders import BatchAugment, PhotoLoader, TensorLoader
@@ -24,7 +24,6 @@ from imgclf.errors import UserError
 from imgclf.models.checkpoint import load_checkpoint
 from imgclf.training.callbacks import Callback
 from imgclf.training.run import train
-from test_photos import make_photo_folder
 
 
 class Killed(Exception):

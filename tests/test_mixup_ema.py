@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import make_folder
+from helpers import make_folder, make_photo_folder
 from imgclf.cli import main
 from imgclf.config import TrainConfig
 from imgclf.errors import UserError
@@ -25,7 +25,6 @@ from imgclf.training.losses import criterion_for
 from imgclf.training.mixing import BatchMixer, dominant_labels
 from imgclf.training.run import train
 from imgclf.training.trainer import Trainer
-from test_photos import make_photo_folder
 
 CLASSES = 5
 

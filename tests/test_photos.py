@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from helpers import class_image
+from helpers import PHOTO_SHAPES as SHAPES
+from helpers import make_photo_folder
 from imgclf.config import TrainConfig
 from imgclf.data import load_splits
 from imgclf.data.imageset import ImageSet
@@ -23,22 +23,6 @@ from imgclf.models import build_model
 from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
 from imgclf.training.callbacks import Callback
 from imgclf.training.staged import extract_features, train_head
-
-SHAPES = [(48, 36), (36, 60), (40, 40), (80, 45)]  # (width, height): landscape, portrait, square, wide
-
-
-def make_photo_folder(root: Path, per_class: int = 8) -> Path:
-    """root/{train,test}/<class>/<i>.jpg of several aspect ratios, learnable colours and stripes."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("test", 4)):
-        for c in range(3):
-            folder = root / split / f"class_{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                w, h = SHAPES[i % len(SHAPES)]
-                tile = class_image(c, rng, size=max(w, h))[:h, :w]
-                Image.fromarray(tile).save(folder / f"{i}.jpg", quality=95)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from test_cli import parse_as_documented, subcommands
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-OTHER_TOOLS_FLAGS = {"--index-url", "--nproc-per-node"}  # pip's and torchrun's, named in the README
+OTHER_TOOLS_FLAGS = {"--index-url", "--nproc-per-node", "--monitor-interval"}  # pip's and torchrun's, in the README
 BENCHMARK_FLAGS = {"--smoke"}  # the GPU benchmarks' CPU mode
 
 

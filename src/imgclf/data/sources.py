@@ -135,7 +135,7 @@ def _with_val(train: ImageSet | PhotoSet | FileSet, test: ImageSet | PhotoSet | 
 
 # -- folders and archives ------------------------------------------------------------------------------------
 
-class _Tree:
+class FolderTree:
     """A listing of an image folder or archive: {split: [(relative class dir, member name)]}, plus a reader."""
 
     def __init__(self, path: Path) -> None:
@@ -171,7 +171,7 @@ def class_layout(members: list[str]) -> tuple[dict[str, list[tuple[str, str]]], 
     return groups, has_splits
 
 
-def _train_classes(path: Path, groups: dict[str, list[tuple[str, str]]]) -> tuple[str, list[str]]:
+def train_classes(path: Path, groups: dict[str, list[tuple[str, str]]]) -> tuple[str, list[str]]:
     """The training group's key and its sorted class names; val/test classes must be among them."""
     train_key = "train" if "train" in groups else ""
     classes = sorted({c for c, _ in groups[train_key]})
@@ -324,7 +324,7 @@ def _without_unreadable(path: Path, groups: dict[str, list[tuple[str, str]]], un
     """The groups less their unreadable members, the classes still holding a readable training image, and
     the classes that lost all of theirs: those are dropped from every split (a class the model never sees
     cannot be learned or scored), and fewer than two left is refused."""
-    train_key, listed = _train_classes(path, groups)
+    train_key, listed = train_classes(path, groups)
     kept = {s: [(c, m) for c, m in items if m not in unreadable] for s, items in groups.items()}
     classes = sorted({c for c, _ in kept[train_key]})
     dropped = [c for c in listed if c not in classes]
@@ -341,7 +341,7 @@ def _decode_tree(path: Path, image_size: int | None, listing: CsvListing | None 
     """Decode every image in parallel threads (Pillow releases the GIL while decoding); small squares of
     one size become ImageSets, anything else PhotoSets at the working size of `image_size`. Also returns
     the skipped (unreadable) members and the dropped classes. `listing`: a CSV's rows instead of the tree."""
-    tree = listing or _Tree(path)
+    tree = listing or FolderTree(path)
     groups = tree.layout()
     input_size = image_size or DEFAULT_PHOTO_INPUT
     side = working_side(input_size)
@@ -378,7 +378,7 @@ MEMORY_SHARE = 0.25  # the auto loader decodes into memory while the uint8 image
 
 def _too_big_for_memory(path: Path, image_size: int | None) -> bool:
     """Estimated from the file count and the input side (the default side for mixed sizes), before decoding."""
-    count = sum(len(items) for items in _Tree(path).layout().values())
+    count = sum(len(items) for items in FolderTree(path).layout().values())
     side = working_side(image_size or DEFAULT_PHOTO_INPUT)
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return count * side * side * 3 > MEMORY_SHARE * ram
@@ -387,7 +387,7 @@ def _too_big_for_memory(path: Path, image_size: int | None) -> bool:
 def _folder_files(path: Path, image_size: int | None, val_fraction: float, seed: int) -> Splits:
     """The streaming form: paths and labels only, decoded batch by batch by the streaming loader. Files
     whose header does not open are left out (skipped and named) here, as the memory form leaves them out."""
-    groups = _Tree(path).layout()
+    groups = FolderTree(path).layout()
     unreadable = _unopenable(path, [m for items in groups.values() for _, m in items])
     groups, classes, dropped = _without_unreadable(path, groups, set(unreadable))
     skipped = [printable_name(m) for m in unreadable]
@@ -423,7 +423,7 @@ def load_part(data: str, split: str, classes: list[str], image_size: int | None)
     path = Path(data).expanduser()
     if not path.is_dir():
         return None
-    groups = _Tree(path).layout(need_train=False)
+    groups = FolderTree(path).layout(need_train=False)
     if split == "all":
         items = [item for group in groups.values() for item in group]
     elif split in groups:

@@ -34,7 +34,7 @@ from imgclf.data.decode import decode_image, printable_name
 from imgclf.data.imageset import ImageSet, stratified_split
 from imgclf.data.loaders import eval_batch_size
 from imgclf.data.photos import PhotoSet
-from imgclf.data.sources import ARCHIVE_SUFFIXES, _train_classes, _Tree
+from imgclf.data.sources import ARCHIVE_SUFFIXES, FolderTree, train_classes
 from imgclf.errors import UserError
 from imgclf.runtime import resolve_device
 
@@ -145,7 +145,7 @@ def _listing(data: str, data_dir: str | None, seed: int, val_fraction: float,
         raise UserError(f"data not found: {data} (expected cifar10, digits, an image folder, an archive or a "
                         "labels CSV)")
     if path.is_dir() or path.name.lower().endswith(ARCHIVE_SUFFIXES):
-        tree: Any = _Tree(path)
+        tree: Any = FolderTree(path)
     elif path.suffix.lower() == ".csv":  # file,label[,split] rows, listed as the data layer lists them
         from imgclf.data.csvlabels import CsvListing
 
@@ -153,7 +153,7 @@ def _listing(data: str, data_dir: str | None, seed: int, val_fraction: float,
     else:
         raise UserError(f"{data}: not a folder or an archive ({', '.join(ARCHIVE_SUFFIXES)}), nor a labels .csv")
     groups = tree.layout()
-    _, classes = _train_classes(path, groups)
+    _, classes = train_classes(path, groups)
     return classes, [(printable_name(m), split or "all", c, (lambda m=m: tree.read(m)))
                      for split, members in groups.items() for c, m in members]
 

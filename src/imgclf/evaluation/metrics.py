@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgclf.evaluation import scores
 from imgclf.evaluation.scores import class_report, confusion, top_k_accuracy
 from imgclf.runtime import autocast
 
@@ -47,12 +48,8 @@ def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float
 
 
 def macro_f1(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The unweighted mean of the per-class F1 over the classes present or predicted (a class in neither, as a
-    small class a split left out of val, does not count): unlike accuracy, a small class weighs as much as a
-    large one."""
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(labels.numpy(), logits.argmax(1).numpy(), average="macro", zero_division=0))
+    """scores.macro_f1 of a loader's logits (the Trainer's per-epoch val_macro_f1)."""
+    return scores.macro_f1(labels.numpy(), logits.argmax(1).numpy())
 
 
 SCORE_KEYS = ("balanced_accuracy", "macro_f1", "top5_accuracy", "per_class")  # beyond accuracy: metrics.json's too

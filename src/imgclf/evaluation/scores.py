@@ -48,18 +48,27 @@ def class_scores(labels: np.ndarray, pred: np.ndarray, num_classes: int) -> Clas
     return ClassScores(confusion(labels, pred, num_classes), precision, recall, f1, support)
 
 
+def macro_f1(labels: np.ndarray, pred: np.ndarray) -> float:
+    """The unweighted mean of the per-class F1 over the classes present or predicted (a class in neither, as a
+    small class a split left out of val, does not count): unlike accuracy, a small class weighs as much as a
+    large one."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels, pred, average="macro", zero_division=0))
+
+
 def class_report(labels: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """The scores a skewed set needs beside accuracy: balanced accuracy (mean recall of the classes present),
     macro-F1 (over the classes present or predicted, so a split that lacks a class is not marked down for
     it) and each class's precision, recall, F1 and support."""
-    from sklearn.metrics import balanced_accuracy_score, f1_score
+    from sklearn.metrics import balanced_accuracy_score
 
     scores = class_scores(labels, pred, len(classes))
     with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected, and the score is right
         warnings.simplefilter("ignore", UserWarning)
         balanced = float(balanced_accuracy_score(labels, pred)) if len(labels) else None
     return {"balanced_accuracy": balanced,
-            "macro_f1": float(f1_score(labels, pred, average="macro", zero_division=0)) if len(labels) else None,
+            "macro_f1": macro_f1(labels, pred) if len(labels) else None,
             "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
                           for c, p, r, f, n in zip(classes, scores.precision, scores.recall, scores.f1,
                                                    scores.support, strict=True)}}

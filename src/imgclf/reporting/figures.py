@@ -76,7 +76,7 @@ def save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def _figure(**kwargs: Any) -> Figure:
+def new_figure(**kwargs: Any) -> Figure:
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)
     return fig
@@ -98,7 +98,7 @@ def learning_curves(history: Sequence[Mapping[str, Any]], *, best_epoch: int | N
                     turn_epoch: int | None = None, label_smoothing: float = 0.0) -> Figure:
     """Loss and accuracy per epoch, train vs val; the gap shaded, the best epoch and the val-loss turn marked."""
     epochs = _col(history, "epoch")
-    fig = _figure(figsize=(11, 4.0))
+    fig = new_figure(figsize=(11, 4.0))
     ax_loss, ax_acc = fig.subplots(1, 2)
     marker = "o" if len(epochs) <= 30 else None
     ax_loss.plot(epochs, _col(history, "train_loss"), color=TRAIN, marker=marker, ms=4, label="train")
@@ -138,7 +138,7 @@ def learning_curves(history: Sequence[Mapping[str, Any]], *, best_epoch: int | N
 def lr_schedule(steps: Sequence[float], lrs: Sequence[float], steps_per_epoch: float | None = None,
                 xlabel: str = "optimizer step") -> Figure:
     """The learning rate at every optimizer step (what the schedule actually did), epochs marked."""
-    fig = _figure(figsize=(11, 2.8))
+    fig = new_figure(figsize=(11, 2.8))
     ax = fig.subplots()
     ax.plot(steps, lrs, color=TEST, lw=1.8)
     ax.fill_between(steps, lrs, color=TEST, alpha=0.12, lw=0)
@@ -162,7 +162,7 @@ def confusion_matrix(confusion: np.ndarray, classes: Sequence[str]) -> Figure:
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     k = len(classes)
     side = min(12.0, max(4.5, 0.55 * k + 2.5))
-    fig = _figure(figsize=(side + 1.2, side))
+    fig = new_figure(figsize=(side + 1.2, side))
     ax = fig.subplots()
     ax.grid(False)
     image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -192,7 +192,7 @@ def per_class_scores(classes: Sequence[str], precision: Sequence[float], recall:
     """F1 per class, worst first, with precision and recall as markers: which classes need attention."""
     order = np.argsort(np.asarray(f1))
     k = len(classes)
-    fig = _figure(figsize=(8, max(2.5, 0.32 * k + 1.2)))
+    fig = new_figure(figsize=(8, max(2.5, 0.32 * k + 1.2)))
     ax = fig.subplots()
     y = np.arange(k)
     ax.barh(y, np.asarray(f1)[order], color=TRAIN, alpha=0.35, label="F1", height=0.7)
@@ -219,7 +219,7 @@ def top_losses(images: Sequence[np.ndarray], titles: Sequence[tuple[str, str, fl
     n = len(images)
     cols = max(1, min(cols, n))
     rows = max(1, math.ceil(n / cols))
-    fig = _figure(figsize=(1.9 * cols, 2.45 * rows), layout="constrained")
+    fig = new_figure(figsize=(1.9 * cols, 2.45 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax in axes:
         ax.axis("off")
@@ -244,7 +244,7 @@ def reliability_diagram(edges: Sequence[float], confidence: Sequence[float], acc
     conf = np.asarray(confidence, dtype=float)
     counts = np.asarray(counts)
     filled = counts > 0
-    fig = _figure(figsize=(6.2, 6.0))
+    fig = new_figure(figsize=(6.2, 6.0))
     ax, ax_hist = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
     ax.bar(centers[filled], acc[filled], width=width * 0.92, color=TRAIN, alpha=0.85, label="accuracy in bin")
     gap_bottom = np.minimum(acc, conf)[filled]
@@ -276,7 +276,7 @@ def lr_finder(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[
               min_loss_lr: float | None = None, diverged_at: float | None = None) -> Figure:
     """Loss against learning rate (log scale): raw and smoothed, the suggestion and the minimum marked."""
     lrs_a, smooth_a = np.asarray(lrs), np.asarray(smoothed)
-    fig = _figure(figsize=(8, 4.5))
+    fig = new_figure(figsize=(8, 4.5))
     ax = fig.subplots()
     ax.plot(lrs_a, losses, color=MUTED, lw=1, alpha=0.6, label="loss per batch")
     ax.plot(lrs_a, smooth_a, color=TRAIN, lw=2.2, label="smoothed loss")
@@ -314,7 +314,7 @@ def accuracy_bars(names: Sequence[str], test: Sequence[float | None], val: Seque
                   split_name: str = "test") -> Figure:
     """Final accuracy per run (the evaluation split solid, validation lighter), values printed on the bars."""
     n = len(names)
-    fig = _figure(figsize=(max(6.0, 1.1 * n + 3), 4.2))
+    fig = new_figure(figsize=(max(6.0, 1.1 * n + 3), 4.2))
     ax = fig.subplots()
     x = np.arange(n)
     w = 0.38
@@ -340,7 +340,7 @@ def accuracy_bars(names: Sequence[str], test: Sequence[float | None], val: Seque
 def time_bars(names: Sequence[str], seconds: Sequence[float], images_per_second: Sequence[float | None]) -> Figure:
     """Training seconds per run, throughput printed on each bar: the cost side of the comparison."""
     n = len(names)
-    fig = _figure(figsize=(max(6.0, 1.1 * n + 3), 3.6))
+    fig = new_figure(figsize=(max(6.0, 1.1 * n + 3), 3.6))
     ax = fig.subplots()
     x = np.arange(n)
     bars = ax.bar(x, seconds, 0.6, color=_colors(n))
@@ -362,7 +362,7 @@ def time_bars(names: Sequence[str], seconds: Sequence[float], images_per_second:
 @styled
 def overlaid_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], x: str = "epoch") -> Figure:
     """Every run's accuracy (val solid, train dashed) and validation loss on shared axes."""
-    fig = _figure(figsize=(11, 4.2))
+    fig = new_figure(figsize=(11, 4.2))
     ax_acc, ax_loss = fig.subplots(1, 2)
     xlabel = "training seconds" if x == "seconds" else "epoch"
     for color, (name, history) in zip(_colors(len(histories)), histories.items(), strict=True):
@@ -385,7 +385,7 @@ def overlaid_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], x: str
 @styled
 def fraction_curve(series: Mapping[str, Sequence[tuple[float, float]]], split_name: str = "test") -> Figure:
     """Accuracy against the share of training data used (log x): the data-efficiency curve."""
-    fig = _figure(figsize=(7.5, 4.3))
+    fig = new_figure(figsize=(7.5, 4.3))
     ax = fig.subplots()
     for color, (name, points) in zip(_colors(len(series)), series.items(), strict=True):
         pts = sorted(points)
@@ -413,7 +413,7 @@ def per_class_difference(classes: Sequence[str], diff: Sequence[float], better: 
     d = np.asarray(diff, dtype=float)
     order = np.argsort(d)[::-1]
     k = len(classes)
-    fig = _figure(figsize=(8, max(2.5, 0.32 * k + 1.3)))
+    fig = new_figure(figsize=(8, max(2.5, 0.32 * k + 1.3)))
     ax = fig.subplots()
     y = np.arange(k)
     ax.barh(y, d[order], color=[GOOD if v >= 0 else BAD for v in d[order]], height=0.7)
@@ -433,7 +433,7 @@ def gap_bars(names: Sequence[str], train: Sequence[float], val: Sequence[float],
              test: Sequence[float | None]) -> Figure:
     """Clean-train vs validation accuracy per variant with the gap written between: what each regularizer buys."""
     n = len(names)
-    fig = _figure(figsize=(max(7.0, 1.3 * n + 3), 4.8), layout="constrained")
+    fig = new_figure(figsize=(max(7.0, 1.3 * n + 3), 4.8), layout="constrained")
     ax = fig.subplots()
     x = np.arange(n)
     w = 0.27

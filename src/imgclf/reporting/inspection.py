@@ -40,7 +40,7 @@ def thumbnail(scan: Scan, i: int) -> np.ndarray:
 def image_rows(rows: Sequence[tuple[str, Sequence[Cell]]], title: str) -> Figure:
     """One row of captioned thumbnails per entry, labelled on the left; red captions mark a problem."""
     cols = max(1, max(len(cells) for _, cells in rows))
-    fig = figs._figure(figsize=(1.55 * cols + 1.2, 1.85 * len(rows) + 0.4), layout="constrained")
+    fig = figs.new_figure(figsize=(1.55 * cols + 1.2, 1.85 * len(rows) + 0.4), layout="constrained")
     axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
     for (label, cells), line in zip(rows, axes, strict=True):
         for ax in line:
@@ -60,7 +60,7 @@ def class_counts(counts: dict[str, dict[str, int]], splits: list[str]) -> Figure
     """Images per class, one bar per split, so an imbalance or a thin test class shows at a glance."""
     classes = list(counts)
     k = len(classes)
-    fig = figs._figure(figsize=(8, max(2.5, 0.3 * k * max(1, len(splits)) / 1.5 + 1.2)))
+    fig = figs.new_figure(figsize=(8, max(2.5, 0.3 * k * max(1, len(splits)) / 1.5 + 1.2)))
     ax = fig.subplots()
     height = 0.8 / len(splits)
     y = np.arange(k)
@@ -80,7 +80,7 @@ def class_counts(counts: dict[str, dict[str, int]], splits: list[str]) -> Figure
 @figs.styled
 def size_spread(sizes: np.ndarray) -> Figure:
     """Width against height, and the aspect ratios: how much a model's square input will crop or pad."""
-    fig = figs._figure(figsize=(10, 3.6))
+    fig = figs.new_figure(figsize=(10, 3.6))
     left, right = fig.subplots(1, 2)
     left.scatter(sizes[:, 0], sizes[:, 1], s=8, alpha=0.35, color=figs.TRAIN, linewidths=0)
     left.set_xlabel("width (px)")
