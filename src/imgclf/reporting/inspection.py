@@ -72,7 +72,7 @@ def class_counts(counts: dict[str, dict[str, int]], splits: list[str]) -> Figure
     ax.grid(axis="y", visible=False)
     ax.set_xlabel("images")
     ax.set_title("Images per class and split")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # beside the bars, never over one
     fig.tight_layout()
     return fig
 
