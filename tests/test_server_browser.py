@@ -98,10 +98,20 @@ class DevTools:
 
     def wait_for(self, expression: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        while not self.evaluate(f"Boolean({expression})"):
+        while not self._holds(expression):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"page never reached: {expression}")
             time.sleep(0.1)
+
+    def _holds(self, expression: str) -> bool:
+        """The expression's truth; false while the page is between documents (an evaluation sent during a
+        navigation is answered "Inspected target navigated or closed", a race seen once in CI)."""
+        try:
+            return bool(self.evaluate(f"Boolean({expression})"))
+        except RuntimeError as exc:
+            if "navigated or closed" in str(exc):
+                return False
+            raise
 
     def set_file(self, selector: str, path: Path) -> None:
         root = self.call("DOM.getDocument")["root"]["nodeId"]
