@@ -3,6 +3,8 @@ checkpoint, the real data's location, a CLI runner, loopback ports."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import socket
 import subprocess
 import sys
@@ -107,3 +109,16 @@ def make_photo_folder(root: Path, per_class: int = 8) -> Path:
                 tile = class_image(c, rng, size=max(w, h))[:h, :w]
                 Image.fromarray(tile).save(folder / f"{i}.jpg", quality=95)
     return root
+
+
+def benchmark_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], script: str,
+                   *args: str) -> dict:
+    """Run benchmarks/SCRIPT.py's main(args) in this process and parse what it printed: exactly one JSON
+    object on stdout (json.loads fails on anything more)."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))  # the scripts import their siblings (_common)
+    spec = importlib.util.spec_from_file_location(f"{script}_benchmark", bench / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(list(args))
+    return json.loads(capsys.readouterr().out)

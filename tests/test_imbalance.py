@@ -4,8 +4,6 @@ and the warning `imgclf train` gives for a lopsided training split."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_folder
+from helpers import benchmark_json, make_folder
 from imgclf.cli import main
 from imgclf.config import TrainConfig
 from imgclf.data.imageset import ImageSet
@@ -192,13 +190,7 @@ def test_bad_values_and_the_speed_run_are_refused(tmp_path: Path, capsys: pytest
 
 def test_benchmark_smoke_prints_one_json_object(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(bench))
-    spec = importlib.util.spec_from_file_location("imbalance_benchmark", bench / "imbalance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(["--smoke"])
-    printed = json.loads(capsys.readouterr().out)  # exactly one JSON object on stdout
+    printed = benchmark_json(monkeypatch, capsys, "imbalance", "--smoke")
     assert printed["benchmark"] == "imbalance" and printed["smoke"] is True and printed["seeds"] == 2
     assert set(printed["variants"]) == {"plain", "class_weights", "balanced_sampler"}
     for variant in printed["variants"].values():

@@ -5,7 +5,6 @@ and a resumed run with both on is bitwise the straight one."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import make_folder, make_photo_folder
+from helpers import benchmark_json, make_folder, make_photo_folder
 from imgclf.cli import main
 from imgclf.config import TrainConfig
 from imgclf.errors import UserError
@@ -176,13 +175,7 @@ def test_the_new_settings_are_checked_and_fixed_on_resume(data: Path, tmp_path: 
 @pytest.mark.slow
 def test_benchmark_smoke_prints_one_json_object(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(bench))
-    spec = importlib.util.spec_from_file_location("regularizers_benchmark", bench / "regularizers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(["--smoke", "--seeds", "1"])
-    printed = json.loads(capsys.readouterr().out)  # exactly one JSON object on stdout
+    printed = benchmark_json(monkeypatch, capsys, "regularizers", "--smoke", "--seeds", "1")
     assert printed["benchmark"] == "regularizers" and printed["smoke"] is True
     for part in ("cifar", "flowers"):
         variants = printed[part]["variants"]
