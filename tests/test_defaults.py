@@ -86,3 +86,20 @@ def test_sizing_is_printed_and_kept_in_the_run_directory(tmp_path: Path) -> None
     sizing = result.config.extra["sizing"]
     assert sizing["width"] in (1.0, 0.75, 0.5) and sizing["images_per_second_by_width"]["1.0"] > 0
     assert "sizing:" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+def test_cpu_scratch_runs_take_smaller_batches_and_budgeted_ones_start_at_low_resolution() -> None:
+    """On a CPU from scratch: batches of 128 at LR 0.2 (the same images a second as 256, twice the steps); under a time
+    budget the first LOW_RES_SHARE of training at 3/4 size. A GPU and the user's own values are left alone."""
+    from imgclf.config import LOW_RES_SHARE, SCRATCH_CPU_BATCH_SIZE, SCRATCH_CPU_LR
+
+    colour = np.random.default_rng(0).integers(0, 255, (4000, 32, 32, 3), dtype=np.uint8)
+    splits, cpu = _splits(colour), torch.device("cpu")
+    budgeted = resolve(TrainConfig(time_budget=60, width=1.0), splits, cpu)
+    assert (budgeted.batch_size, budgeted.lr, budgeted.low_res) == (SCRATCH_CPU_BATCH_SIZE, SCRATCH_CPU_LR,
+                                                                    LOW_RES_SHARE)
+    assert resolve(TrainConfig(width=1.0), splits, cpu).low_res == 0.0  # a fixed number of epochs: full size
+    gpu = resolve(TrainConfig(time_budget=60, width=1.0), splits, torch.device("cuda"))
+    assert (gpu.batch_size, gpu.lr, gpu.low_res) == (256, 0.1, 0.0)
+    mine = resolve(TrainConfig(time_budget=60, width=1.0, batch_size=64, low_res=0.25), splits, cpu)
+    assert (mine.batch_size, mine.low_res) == (64, 0.25)

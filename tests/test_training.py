@@ -125,6 +125,22 @@ def test_time_budget_stops_and_still_saves(tmp_path: Path) -> None:
     assert result.metrics["train_seconds"] < 5 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
+def test_low_res_trains_the_first_share_at_three_quarters_of_the_side(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "f", classes=3, per_class=16, size=16)
+    sizes: list[int] = []
+
+    class RecordTrainingInputs(Callback):
+        def on_fit_start(self, trainer: Any) -> None:
+            trainer.model.register_forward_pre_hook(
+                lambda module, args: sizes.append(args[0].shape[-1]) if module.training else None)
+
+    cfg = TrainConfig(data=str(root), model="tiny", epochs=4, batch_size=8, quiet=True, device="cpu",
+                      low_res=0.5, out=str(tmp_path / "run"))
+    result = train(cfg, extra_callbacks=[RecordTrainingInputs()])
+    half = result.metrics["steps"] // 2
+    assert len(sizes) == result.metrics["steps"] and sizes == [12] * half + [16] * half, sizes
+
+
 @pytest.mark.slow
 def test_kill_9_mid_epoch_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "f", classes=3, per_class=200, size=16)

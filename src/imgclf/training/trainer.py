@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from imgclf.config import TrainConfig
@@ -22,6 +23,7 @@ from imgclf.training.losses import criterion_for
 from imgclf.training.mixing import batch_mixer, dominant_labels
 from imgclf.training.schedules import lr_multiplier
 
+LOW_RES_SCALE = 0.75
 MONITORED = {"val_acc": "val_acc", "macro_f1": "val_macro_f1"}  # --monitor -> the history column it selects on
 
 
@@ -151,6 +153,7 @@ class Trainer:
         for i, (x, y) in enumerate(group):
             if self.mixer is not None:
                 x, y = self.mixer(x, y)
+            x = self._at_training_size(x)
             with self._no_sync(last=i == len(group) - 1):
                 with autocast(device, self.amp_dtype):
                     out = self.train_model(x)
@@ -167,6 +170,14 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         return loss_sum, correct, seen
+
+    def _at_training_size(self, x: torch.Tensor) -> torch.Tensor:
+        """--low-res P: during the first P of training, batches shrunk to LOW_RES_SCALE of their side, which the
+        global pooling of every net accepts; the rest of training (and all evaluation) sees the full size."""
+        if not self.config.low_res or self.progress() >= self.config.low_res:
+            return x
+        side = round(x.shape[-1] * LOW_RES_SCALE)
+        return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
 
     def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
         """Under DDP, gradients are all-reduced once a step, on its last batch."""
