@@ -55,6 +55,14 @@ def find_archive(path: str | None) -> Path:
     sys.exit(f"benchmark needs the CIFAR-10-JPEG archive; looked at {', '.join(map(str, candidates))}")
 
 
+def add_budget_args(parser: argparse.ArgumentParser, budget: float) -> None:
+    """--budget, --seeds, --archive and --out of the CPU benchmarks that train each variant for a fixed time."""
+    parser.add_argument("--budget", type=float, default=budget, help="training seconds per run")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per variant (seeds 0..N-1)")
+    parser.add_argument("--archive", help="cifar10-jpeg.tar.xz (default: ../shared/datasets)")
+    parser.add_argument("--out", help="also write the JSON object to this file")
+
+
 def add_gpu_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archive", help="cifar10-jpeg.tar.xz (default: ../shared/datasets, then .gpu/)")
     parser.add_argument("--out", help="also write the JSON object to this file")

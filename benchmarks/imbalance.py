@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from _common import emit, find_archive
+from _common import add_budget_args, emit, find_archive
 from imgclf.config import TrainConfig
 from imgclf.data import ImageSet, Splits, load_splits
 from imgclf.data.imageset import stratified_split
@@ -82,12 +82,9 @@ def summary(values: list[float]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=45.0, help="training seconds per run")
-    parser.add_argument("--seeds", type=int, default=3, help="runs per variant (seeds 0..N-1)")
+    add_budget_args(parser, budget=45.0)
     parser.add_argument("--big", type=int, default=2000, help="training-pool images of each of classes 0-4")
     parser.add_argument("--small", type=int, default=200, help="training-pool images of each of classes 5-9")
-    parser.add_argument("--archive", help="cifar10-jpeg.tar.xz (default: ../shared/datasets)")
-    parser.add_argument("--out", help="also write the JSON object to this file")
     parser.add_argument("--smoke", action="store_true", help="made-up 8x8 images, 0.5 s a run: checks it works")
     args = parser.parse_args(argv)
     if args.smoke:

@@ -130,6 +130,7 @@ _TRAIN_BAD: dict[str, tuple[list[str], str]] = {
     "--num-workers": (["--num-workers", "-1"], "num_workers must be at least 0"),
     "--crop-pad": (["--crop-pad", "1.5"], "crop_pad must be an integer"),
     "--cutout": (["--cutout", "-2"], "cutout must be at least 0"),
+    "--low-res": (["--low-res", "1"], "low_res must be below 1"),
     "--class-weights": (["--class-weights", "inverse"], "class_weights must be one of auto, none"),
     "--sampler": (["--sampler", "weighted"], "sampler must be one of balanced, shuffle"),
     "--monitor": (["--monitor", "f1"], "monitor must be one of macro_f1, val_acc"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from imgclf.config import TrainConfig, resolve
@@ -103,3 +104,16 @@ def test_cpu_scratch_runs_take_smaller_batches_and_budgeted_ones_start_at_low_re
     assert (gpu.batch_size, gpu.lr, gpu.low_res) == (256, 0.1, 0.0)
     mine = resolve(TrainConfig(time_budget=60, width=1.0, batch_size=64, low_res=0.25), splits, cpu)
     assert (mine.batch_size, mine.low_res) == (64, 0.25)
+
+
+def test_cpu_recipe_benchmark_prints_both_recipes_side_by_side(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers import benchmark_json
+
+    printed = benchmark_json(monkeypatch, capsys, "cpu_recipe", "--smoke")
+    variants = printed["variants"]
+    assert set(variants) == {"previous", "default"} and all(len(v["runs"]) == 2 for v in variants.values())
+    assert variants["previous"]["settings"] == {"batch_size": 256, "lr": 0.1, "low_res": 0.0}
+    assert all(0 <= r["test_accuracy"] <= 1 and r["epochs"] >= 1 for v in variants.values() for r in v["runs"])
+    assert printed["ratio_default_to_previous"] == round(
+        variants["default"]["median"]["test_accuracy"] / variants["previous"]["median"]["test_accuracy"], 4)

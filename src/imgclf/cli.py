@@ -165,10 +165,10 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
      "fine-tuning with pretrained weights, else from scratch)"),
     ("--epochs", "epochs", number(int, "epochs", 1), "number of epochs (default: 10, or as many as fit in "
      "--time-budget)"),
-    ("--batch-size", "batch_size", number(int, "batch_size", 1), "mini-batch size (default: 256; on a CPU 128 from "
-     "scratch and 32 to fine-tune; never over 1/8 of the training images)"),
-    ("--lr", "lr", number(float, "lr", 0, low_open=True), "peak learning rate (default: 0.1 for sgd, 0.2 from "
-     "scratch on a CPU, 2e-3 for adamw, 1e-3 to fine-tune)"),
+    ("--batch-size", "batch_size", number(int, "batch_size", 1), "mini-batch size (default: 256; on a CPU 128 for "
+     "small images from scratch and 32 to fine-tune; never over 1/8 of the training images)"),
+    ("--lr", "lr", number(float, "lr", 0, low_open=True), "peak learning rate (default: 0.1 for sgd, 0.2 for "
+     "small images from scratch on a CPU, 2e-3 for adamw, 1e-3 to fine-tune)"),
     ("--optimizer", "optimizer", str, "sgd | adamw (default: sgd from scratch, adamw to fine-tune)"),
     ("--weight-decay", "weight_decay", number(float, "weight_decay", 0), "weight decay, not applied to norms and "
      "biases (default: 5e-4 for sgd, 0.05 for adamw)"),

@@ -40,7 +40,7 @@ class TrainConfig:
                             # unaugmented); on flowers5 more did not pay: Lite0 probe 90.8 % with 1, 90.0 % with 4
     head_epochs: int = 30  # staged: epochs of the head over the cached features
     epochs: int | None = None  # None: 10, or as many as fit when time_budget is set
-    batch_size: int | None = None  # None: 256; on a CPU 128 from scratch, 32 to fine-tune pretrained weights
+    batch_size: int | None = None  # None: 256; on a CPU 128 for small images from scratch, 32 to fine-tune
     lr: float | None = None  # None: the default for the optimizer, strategy and device (config.resolve)
     optimizer: str | None = None  # sgd (Nesterov) | adamw; None: sgd from scratch, adamw to fine-tune
     momentum: float = 0.9
@@ -231,9 +231,10 @@ DEFAULT_EPOCHS = 10
 SIZING_WIDTHS = (1.0, 0.75, 0.5)  # from-scratch widths a time-budgeted CPU run may choose between, widest first
 SIZING_MIN_EPOCHS = 6  # fastcnn on a bf16 CPU fits 7.7 epochs of CIFAR-10 in 180 s at width 1 (83.6 %)
 BATCH_SIZE = 256
-# From scratch on a CPU (CIFAR-10 in 150 s, fastcnn, bf16 EPYC, test accuracy with TTA): batches of 128 train as
-# many images a second as 256, so twice the steps an epoch (87.0 vs 85.7 %; 64: 86.9 %), and take a higher LR
-# (0.2: 87.2 %; 0.3 with low_res: 87.7 %); the first half of a budget at 24 px fits more epochs (87.6 %).
+# Small images from scratch on a CPU (CIFAR-10 in 150 s, fastcnn, bf16 EPYC, test accuracy with TTA, one seed):
+# batches of 128 train as many images a second as 256, so twice the steps an epoch (87.0 vs 85.7 %; 64: 86.9 %),
+# and take a higher LR (0.2: 87.2 %); the first half of a budget at 24 px fits more epochs (with both: 87.6 %;
+# benchmarks/cpu_recipe.py, 3 seeds: median 87.5 vs 85.8 %).
 SCRATCH_CPU_BATCH_SIZE, SCRATCH_CPU_LR = 128, 0.2
 LOW_RES_SHARE = 0.5
 FINETUNE_CPU_BATCH_SIZE = 32  # EfficientNet-Lite0 at 128 px on 2 cores trains at 75 img/s in 1.7 GB at batch 32,
@@ -316,8 +317,8 @@ def _size_width(cfg: TrainConfig, measure: Callable[[TrainConfig], float], num_t
 def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
             measure: Callable[[TrainConfig], float] | None = None) -> TrainConfig:
     """Fill every open choice from the data and the machine: strategy; optimizer, LR and weight decay that
-    suit it (AdamW at 1e-3 to fine-tune pretrained weights, Nesterov SGD from scratch); batch size (small to
-    fine-tune on a CPU, never over 1/8 of the training set); input size; precision; epochs; evaluation crop;
+    suit it (AdamW at 1e-3 to fine-tune pretrained weights, Nesterov SGD from scratch); batch size (small on a CPU,
+    never over 1/8 of the training set); input size; precision; epochs; evaluation crop;
     and, given `measure` (a config's training images per second on this machine), the width of a from-scratch
     net trained on a CPU under a time budget (recorded with its reasons in extra["sizing"])."""
     from imgclf.data.imageset import ImageSet
@@ -327,12 +328,14 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
     scratch = strategy == "scratch"
     on_cpu = device.type == "cpu"
     optimizer = cfg.optimizer or (SCRATCH_OPTIMIZER if scratch else FINETUNE_OPTIMIZER)
+    photos = not isinstance(splits.train, ImageSet)  # small squares (CIFAR) are ImageSets, see data/photos.py
+    small_scratch_on_cpu = scratch and on_cpu and not photos  # what the CPU batch, LR and low_res were measured on
     lr = cfg.lr
     if lr is None:
         lr = FINETUNE_LR if not scratch and optimizer == FINETUNE_OPTIMIZER else \
-            SCRATCH_CPU_LR if scratch and on_cpu and optimizer == "sgd" else DEFAULT_LR[optimizer]
-    batch_size = cfg.batch_size or (BATCH_SIZE if not on_cpu else SCRATCH_CPU_BATCH_SIZE if scratch
-                                    else FINETUNE_CPU_BATCH_SIZE)
+            SCRATCH_CPU_LR if small_scratch_on_cpu and optimizer == "sgd" else DEFAULT_LR[optimizer]
+    batch_size = cfg.batch_size or (SCRATCH_CPU_BATCH_SIZE if small_scratch_on_cpu else FINETUNE_CPU_BATCH_SIZE
+                                    if on_cpu and not scratch else BATCH_SIZE)
     cap = max(8, 2 ** int(np.log2(max(len(splits.train) / 8, 1))))
     if cfg.batch_size is None and batch_size > cap:
         batch_size = cap  # a folder of a few hundred photos still gets several optimizer steps an epoch
@@ -341,13 +344,12 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
         # on a CPU with native bf16 the from-scratch nets train about 2x faster in bf16, while pretrained
         # EfficientNet's depthwise convs run 10-30 % slower: bf16 there for scratch only
         amp = device.type == "cuda" or (on_cpu and cpu_has_bf16() and scratch)
-    photos = not isinstance(splits.train, ImageSet)  # small squares (CIFAR) are ImageSets, see data/photos.py
     resolved = cfg.replace(
         data=str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data,  # resumable from anywhere
         flip=cfg.flip if cfg.flip is not None else not _looks_grey(splits.train),
         crop_pad=cfg.crop_pad if cfg.crop_pad is not None else _default_crop_pad(splits.train.image_size),
         low_res=cfg.low_res if cfg.low_res is not None
-        else LOW_RES_SHARE if on_cpu and scratch and cfg.time_budget and not photos else 0.0,
+        else LOW_RES_SHARE if small_scratch_on_cpu and cfg.time_budget else 0.0,
         strategy=strategy, optimizer=optimizer, lr=lr,
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WEIGHT_DECAY[optimizer],
         batch_size=batch_size, image_size=data_input_size(cfg) or splits.train.image_size, amp=amp,
@@ -357,7 +359,7 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
         or strategy != "staged" else STAGED_UNFREEZE_GROUPS)
     if cfg.width is not None:
         return resolved
-    if measure is None or not (on_cpu and scratch and cfg.time_budget and cfg.epochs is None and not photos):
+    if measure is None or not (small_scratch_on_cpu and cfg.time_budget and cfg.epochs is None):
         return resolved.replace(width=1.0)
     width, sizing = _size_width(resolved, measure, len(splits.train))
     return resolved.replace(width=width, extra={**cfg.extra, "sizing": sizing})
