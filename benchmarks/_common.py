@@ -55,6 +55,27 @@ def find_archive(path: str | None) -> Path:
     sys.exit(f"benchmark needs the CIFAR-10-JPEG archive; looked at {', '.join(map(str, candidates))}")
 
 
+def made_up_folder(root: Path, photos: bool) -> Path:
+    """train/ and test/ of 3 learnable classes: 16 px squares, or photos of several aspect ratios (the --smoke
+    data of the CPU benchmarks)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    shapes = [(48, 36), (36, 60), (80, 45)] if photos else [(16, 16)]
+    for split, count in (("train", 40), ("test", 10)):
+        for c in range(3):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                w, h = shapes[i % len(shapes)]
+                image = np.zeros((h, w, 3), dtype=np.float32)
+                image[..., c] = 160
+                image += rng.normal(0, 30, image.shape)
+                Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
 def add_budget_args(parser: argparse.ArgumentParser, budget: float) -> None:
     """--budget, --seeds, --archive and --out of the CPU benchmarks that train each variant for a fixed time."""
     parser.add_argument("--budget", type=float, default=budget, help="training seconds per run")

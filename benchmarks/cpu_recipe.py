@@ -16,28 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import add_budget_args, emit, find_archive, median
+from _common import add_budget_args, emit, find_archive, made_up_folder, median
 from imgclf.config import TrainConfig
 from imgclf.doctor import cpu_info
 from imgclf.training.run import train
 
 VARIANTS = {"previous": {"batch_size": 256, "lr": 0.1, "low_res": 0.0}, "default": {}}
-
-
-def made_up_folder(root: Path) -> str:
-    """3 classes of 32 px squares, each a colour with noise (what the smoke run trains on)."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 60), ("test", 20)):
-        for c, colour in enumerate(([200, 40, 40], [40, 200, 40], [40, 40, 200])):
-            folder = root / split / f"c{c}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(np.array(colour) + rng.normal(0, 60, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return str(root)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -48,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     budget, seeds = (min(args.budget, 1.0), min(args.seeds, 2)) if args.smoke else (args.budget, args.seeds)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="imgclf-cpu-recipe-") as tmp:
-        data = made_up_folder(Path(tmp) / "data") if args.smoke else str(find_archive(args.archive))
+        data = str(made_up_folder(Path(tmp) / "data", photos=False)) if args.smoke else str(find_archive(args.archive))
         for seed in range(seeds):
             for name, changes in VARIANTS.items():  # interleaved: a machine that slows down hurts both alike
                 cfg = TrainConfig(data=data, model="tiny" if args.smoke else "fastcnn", width=1.0, device="cpu",
@@ -61,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cpu = cpu_info()
     result = {
         "benchmark": "cpu_recipe", "smoke": args.smoke, "budget_seconds": budget, "seeds": seeds,
-        "data": "made-up 32 px squares" if args.smoke else "CIFAR-10-JPEG (45,000 train, 10,000 test)",
+        "data": "made-up 16 px squares" if args.smoke else "CIFAR-10-JPEG (45,000 train, 10,000 test)",
         "machine": {"cpu": cpu["model"], "cores": cpu["cores"], "avx512_bf16": cpu["flags"].get("avx512_bf16")},
         "variants": {name: {"settings": VARIANTS[name] or "config.resolve", "median": medians[name],
                             "runs": runs[name]} for name in VARIANTS},

@@ -23,10 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
-from _common import CIFAR_ARCHIVE, emit, require_archive
+from _common import CIFAR_ARCHIVE, emit, made_up_folder, require_archive
 from photo_finetune import FLOWERS, cpu_model
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -37,23 +34,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mixup_ema": {"mixup": 0.2, "ema": 0.999},
 }
 CIFAR_TRAIN_IMAGES = 10_000
-
-
-def made_up_folder(root: Path, photos: bool) -> Path:
-    """train/ and test/ of 3 learnable classes: 16 px squares, or photos of several aspect ratios."""
-    rng = np.random.default_rng(0)
-    shapes = [(48, 36), (36, 60), (80, 45)] if photos else [(16, 16)]
-    for split, count in (("train", 40), ("test", 10)):
-        for c in range(3):
-            folder = root / split / f"class_{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                w, h = shapes[i % len(shapes)]
-                image = np.zeros((h, w, 3), dtype=np.float32)
-                image[..., c] = 160
-                image += rng.normal(0, 30, image.shape)
-                Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return root
 
 
 def summary(accuracies: list[float], baseline_mean: float | None) -> dict[str, Any]:

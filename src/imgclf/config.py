@@ -332,8 +332,12 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
     small_scratch_on_cpu = scratch and on_cpu and not photos  # what the CPU batch, LR and low_res were measured on
     lr = cfg.lr
     if lr is None:
-        lr = FINETUNE_LR if not scratch and optimizer == FINETUNE_OPTIMIZER else \
-            SCRATCH_CPU_LR if small_scratch_on_cpu and optimizer == "sgd" else DEFAULT_LR[optimizer]
+        if not scratch and optimizer == FINETUNE_OPTIMIZER:
+            lr = FINETUNE_LR
+        elif small_scratch_on_cpu and optimizer == SCRATCH_OPTIMIZER:
+            lr = SCRATCH_CPU_LR
+        else:
+            lr = DEFAULT_LR[optimizer]
     batch_size = cfg.batch_size or (SCRATCH_CPU_BATCH_SIZE if small_scratch_on_cpu else FINETUNE_CPU_BATCH_SIZE
                                     if on_cpu and not scratch else BATCH_SIZE)
     cap = max(8, 2 ** int(np.log2(max(len(splits.train) / 8, 1))))
