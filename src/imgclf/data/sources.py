@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import importlib.resources
 import io
 import json
 import lzma
@@ -42,11 +43,23 @@ COMPRESSED_TAR = {b"\x1f\x8b": gzip.open, b"\xfd7zXZ\x00": lzma.open, b"BZh": bz
 ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, zlib.error, EOFError, OSError,
                   NotImplementedError, RuntimeError, ValueError, struct.error)
 SHOWN_NAMES = 5  # a warning names this many skipped files; Splits.skipped holds all of them
+BUNDLED = {"flowers-mini": "flowers_mini"}  # DATA name -> photo folder shipped under imgclf/datasets
 
 
 def cache_dir() -> Path:
     """Where decoded arrays are kept: $IMGCLF_CACHE, else ~/.cache/imgclf."""
     return Path(os.environ.get("IMGCLF_CACHE") or Path.home() / ".cache" / "imgclf")
+
+
+def bundled_path(name: str) -> Path | None:
+    """The folder of a photo set shipped inside the package (a BUNDLED name), else None."""
+    folder = BUNDLED.get(name)
+    if folder is None:
+        return None
+    resource = importlib.resources.files("imgclf") / "datasets" / folder
+    if not isinstance(resource, Path):  # imported from a zip: nothing on disk to list and cache
+        raise UserError(f"{name}: the bundled photos are not on disk ({resource}); install imgclf unzipped")
+    return resource
 
 
 def load_splits(data: str, *, data_dir: str | None = None, image_size: int | None = None,
@@ -65,10 +78,10 @@ def load_splits(data: str, *, data_dir: str | None = None, image_size: int | Non
     elif data == "cifar10":
         splits = _cifar10(data_dir, val_fraction, seed)
     else:
-        path = Path(data).expanduser()
+        path = bundled_path(data) or Path(data).expanduser()  # a bundled name: its folder, handled as any folder
         if not path.exists():
-            raise UserError(f"data not found: {data} (expected cifar10, digits, an image folder, an archive or a "
-                            "labels CSV)")
+            raise UserError(f"data not found: {data} (expected cifar10, digits, flowers-mini, an image folder, an "
+                            "archive or a labels CSV)")
         if path.is_dir() and (stream or (stream is None and _too_big_for_memory(path, image_size))):
             splits = _folder_files(path, image_size, val_fraction, seed)
         elif path.is_dir() or path.name.lower().endswith(ARCHIVE_SUFFIXES):

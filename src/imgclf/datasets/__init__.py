@@ -1,0 +1,1 @@
+"""Photo sets shipped inside the package, found by name (imgclf.data.sources.BUNDLED)."""
