@@ -32,7 +32,7 @@ def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.op
     return torch.optim.AdamW(groups, lr=args.lr)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--resolution", type=int, default=224)
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (timed apart)")
     parser.add_argument("--seed", type=int, default=0)
     add_gpu_args(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sgd = args.optimizer == "sgd"
     args.lr = args.lr if args.lr is not None else (0.05 if sgd else 1e-3)
     args.weight_decay = args.weight_decay if args.weight_decay is not None else (5e-5 if sgd else 0.05)

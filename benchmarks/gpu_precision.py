@@ -21,12 +21,12 @@ from imgclf.training.speedrun import FAST, config_dict, run_speedrun, shrunk
 VARIANTS = {"fp32": ("fp32", True), "fp32_no_tf32": ("fp32", False), "bf16": ("bf16", True), "fp16": ("fp16", True)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--log-every", type=int, default=10)
     add_gpu_args(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device("cpu") if args.smoke else resolve_device("auto")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

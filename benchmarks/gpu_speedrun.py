@@ -40,7 +40,7 @@ def summarize(name: str, cfg: SpeedConfig, runs: list[dict[str, Any]],
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs of the fast preset")
     parser.add_argument("--long-runs", type=int, default=1, help="runs of the long preset")
@@ -49,7 +49,7 @@ def main() -> None:
                         help="torch.compile the long preset too (another ~minute of compiling for one run)")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     add_gpu_args(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device("cpu") if args.smoke else resolve_device("auto")
     if args.smoke:
         args.runs, args.long_runs = min(args.runs, 2), min(args.long_runs, 1)

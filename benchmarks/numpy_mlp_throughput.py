@@ -5,13 +5,14 @@ data; full training steps (forward, loss, backward, optimizer step). Runs altern
 both see the same machine load; each side reports the median of its runs. Thread counts are left at each
 library's defaults (nothing is set), and reported. Prints one JSON object; ratio = numpy / torch.
 
-    python benchmarks/numpy_mlp_throughput.py [--runs 5] [--steps 20] [--batch-size 128]
+    python benchmarks/numpy_mlp_throughput.py [--runs 5] [--steps 20] [--batch-size 128] [--smoke]
+
+`--smoke`: 2 runs of 3 steps at batch 32, 1 warm-up step: checks it works, in a second or two.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from _common import emit
 from imgclf import numpy_nn as nn
 
 
@@ -87,7 +89,7 @@ def time_torch(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     return steps * batch / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per run")
@@ -97,7 +99,12 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=["adam", "momentum"], default="adam")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-seconds", type=float, default=40.0, help="stop adding runs after this (min 3)")
-    args = parser.parse_args()
+    parser.add_argument("--out", help="also write the JSON object to this file")
+    parser.add_argument("--smoke", action="store_true", help="a few tiny runs: checks it works")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.runs, args.steps, args.warmup = min(args.runs, 2), min(args.steps, 3), min(args.warmup, 1)
+        args.batch_size = min(args.batch_size, 32)
 
     sizes = [3072, *args.hidden, 10]
     rng = np.random.default_rng(0)
@@ -123,6 +130,7 @@ def main() -> None:
     np_median, torch_median = statistics.median(numpy_runs), statistics.median(torch_runs)
     result = {
         "benchmark": "numpy_mlp_throughput",
+        "smoke": args.smoke,
         "what": "full training steps (forward, cross-entropy, backward, optimizer step), float32, CPU",
         "layers": sizes,
         "activation": "relu",
@@ -146,7 +154,8 @@ def main() -> None:
         "machine": platform.machine(),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    print(json.dumps(result))
+    emit(result, args.out)
+    return result
 
 
 if __name__ == "__main__":
