@@ -240,7 +240,7 @@ def test_bad_value_exits_2_with_one_line(command: str, option: str, checkpoint: 
 @pytest.mark.parametrize("args, message", [
     (["train", "--data", "digits", "--set", "learning_rat=0.1"], "unknown config key"),
     (["train", "--data", "digits", "--set", "epochs=many"], "must be an integer"),
-    (["train", "--data", "digits", "--pretrained"], "no local pretrained weights"),
+    (["train", "--data", "digits", "--model", "fastcnn", "--pretrained"], "no local pretrained weights"),
 ])
 def test_config_errors_are_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(args, capsys)

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from imgclf.config import TrainConfig, resolve
 from imgclf.data import load_splits
 from imgclf.data.imageset import ImageSet, Splits
+from imgclf.errors import UserError
 from imgclf.training.run import train
 
 
@@ -117,3 +119,33 @@ def test_cpu_recipe_benchmark_prints_both_recipes_side_by_side(monkeypatch: pyte
     assert all(0 <= r["test_accuracy"] <= 1 and r["epochs"] >= 1 for v in variants.values() for r in v["runs"])
     assert printed["ratio_default_to_previous"] == round(
         variants["default"]["median"]["test_accuracy"] / variants["previous"]["median"]["test_accuracy"], 4)
+
+
+def test_the_plan_never_shrinks_an_input_below_what_the_model_accepts(tmp_path: Path) -> None:
+    """8x8 digits under a CPU time budget: --low-res would train fastcnn at 6x6 (a max_pool2d traceback);
+    the plan keeps them at 8 px, refuses an explicit --low-res or --image-size below the model's smallest
+    input in one line, and upsamples data smaller than it (speednet needs 9 px)."""
+    from helpers import imgclf
+
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 255, (40, 8, 8, 1), dtype=np.uint8), 3, axis=3)
+    cpu = torch.device("cpu")
+    assert resolve(TrainConfig(time_budget=20), _splits(grey), cpu).low_res == 0.0
+    assert resolve(TrainConfig(model="speednet", width=1.0), _splits(grey), cpu).image_size == 9
+    for bad in ({"low_res": 0.5}, {"image_size": 8, "model": "speednet"}):
+        with pytest.raises(UserError, match="at least|below"):
+            resolve(TrainConfig(width=1.0, **bad), _splits(grey), cpu)
+    result = imgclf("train", "--data", "digits", "--time-budget", "3", "--device", "cpu", "--quiet",
+                    "--out", str(tmp_path / "digits"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert yaml.safe_load((tmp_path / "digits" / "config.yaml").read_text())["low_res"] == 0.0
+
+
+def test_pretrained_alone_fine_tunes_the_default_pretrained_model() -> None:
+    """`--pretrained` without `--model` asks for a pretrained network: the plan picks the one
+    `--recipe finetune` gives, never fastcnn (which has no weights)."""
+    from imgclf.config import DEFAULT_MODEL, DEFAULT_PRETRAINED_MODEL, recipe_values
+
+    assert TrainConfig(pretrained=True).model == DEFAULT_PRETRAINED_MODEL == recipe_values("finetune")["model"]
+    assert TrainConfig().model == DEFAULT_MODEL
+    assert TrainConfig(pretrained=True, model="efficientnet_lite2").model == "efficientnet_lite2"

@@ -3,6 +3,7 @@ parses (and its recipe and config resolve), every flag it names exists, and both
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -52,8 +53,12 @@ def test_every_flag_the_readme_names_exists() -> None:
 
 def test_make_targets_dry_run() -> None:
     """`make -n` expands both targets (no work done): run sets up through .ci/run, test is .ci/run."""
-    run = subprocess.run(["make", "-n", "run", "CIFAR=/nonexistent"], cwd=ROOT, capture_output=True, text=True)
+    # as a user types them: not inside another make (`make test` runs this suite), whose MAKEFLAGS and
+    # MAKELEVEL would add "make[1]: Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    run = subprocess.run(["make", "-n", "run", "CIFAR=/nonexistent"], cwd=ROOT, capture_output=True, text=True,
+                         env=env)
     assert run.returncode == 0, run.stderr
     assert "bash .ci/run setup" in run.stdout and "imgclf compare --data digits" in run.stdout
-    test = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True)
+    test = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert test.returncode == 0 and test.stdout.strip() == "bash .ci/run", test.stdout

@@ -29,7 +29,7 @@ class TrainConfig:
 
     data: str = "digits"
     data_dir: str | None = None  # where `cifar10` looks for (or downloads) the official batches
-    model: str = "fastcnn"
+    model: str | None = None  # None: DEFAULT_MODEL, or DEFAULT_PRETRAINED_MODEL with --pretrained
     pretrained: bool = False
     weights: str | None = None  # a user's own state dict for the backbone
     strategy: str = "auto"  # fine-tuning: auto (staged when pretrained) | staged | full | linear_probe | gradual
@@ -97,6 +97,11 @@ class TrainConfig:
     out: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (for example a recipe's name)
 
+    def __post_init__(self) -> None:
+        # decided at construction, so every later reader (run directory name, strategy, compare) sees a name
+        if self.model is None:
+            self.model = DEFAULT_PRETRAINED_MODEL if self.pretrained else DEFAULT_MODEL
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -109,6 +114,8 @@ class TrainConfig:
 
 
 FIELD_NAMES = {f.name for f in fields(TrainConfig)}
+DEFAULT_MODEL = "fastcnn"
+DEFAULT_PRETRAINED_MODEL = "efficientnet_lite2"  # what --pretrained alone fine-tunes (as --recipe finetune)
 
 
 def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -237,6 +244,7 @@ BATCH_SIZE = 256
 # benchmarks/cpu_recipe.py, 3 seeds: median 87.5 vs 85.8 %).
 SCRATCH_CPU_BATCH_SIZE, SCRATCH_CPU_LR = 128, 0.2
 LOW_RES_SHARE = 0.5
+LOW_RES_SCALE = 0.75  # the side --low-res trains at, as a share of the input's
 FINETUNE_CPU_BATCH_SIZE = 32  # EfficientNet-Lite0 at 128 px on 2 cores trains at 75 img/s in 1.7 GB at batch 32,
                               # 35 in 7.5 GB at 256 (big activations cost page faults)
 SCRATCH_OPTIMIZER, FINETUNE_OPTIMIZER = "sgd", "adamw"
@@ -277,6 +285,34 @@ def data_input_size(cfg: TrainConfig) -> int | None:
 
         return model_entry(cfg.model).default_image_size
     return None
+
+
+def _input_size(cfg: TrainConfig, data_side: int) -> int:
+    """The model's input side: --image-size, the weights' own, or the data's own, raised to the smallest
+    input the model accepts (small data is upsampled to it); an explicit size below that is refused."""
+    from imgclf.models import model_entry
+
+    smallest = model_entry(cfg.model).min_input_size
+    if cfg.image_size is not None and cfg.image_size < smallest:
+        raise UserError(f"{cfg.model} needs inputs of at least {smallest} px; --image-size {cfg.image_size} is "
+                        "smaller")
+    return max(data_input_size(cfg) or data_side, smallest)
+
+
+def _low_res(cfg: TrainConfig, image_size: int, measured_for: bool) -> float:
+    """The share of training at LOW_RES_SCALE of the side: the user's, else LOW_RES_SHARE where it was measured
+    to pay (`measured_for`: small squares from scratch on a CPU under a time budget), else 0; never below the
+    model's smallest input (8x8 digits would shrink to 6x6, under fastcnn's 8)."""
+    from imgclf.models import model_entry
+
+    smallest = model_entry(cfg.model).min_input_size
+    fits = round(image_size * LOW_RES_SCALE) >= smallest
+    if cfg.low_res and not fits:
+        raise UserError(f"--low-res trains at {round(image_size * LOW_RES_SCALE)} px, below the {smallest} px "
+                        f"{cfg.model} accepts; drop --low-res or pass a larger --image-size")
+    if cfg.low_res is not None:
+        return cfg.low_res
+    return LOW_RES_SHARE if measured_for and fits else 0.0
 
 
 def _default_crop_pad(side: int) -> int:
@@ -343,6 +379,8 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
     cap = max(8, 2 ** int(np.log2(max(len(splits.train) / 8, 1))))
     if cfg.batch_size is None and batch_size > cap:
         batch_size = cap  # a folder of a few hundred photos still gets several optimizer steps an epoch
+    image_size = _input_size(cfg, splits.train.image_size)
+    low_res = _low_res(cfg, image_size, small_scratch_on_cpu and bool(cfg.time_budget))
     amp = cfg.amp
     if amp is None:
         # on a CPU with native bf16 the from-scratch nets train about 2x faster in bf16, while pretrained
@@ -352,11 +390,10 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
         data=str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data,  # resumable from anywhere
         flip=cfg.flip if cfg.flip is not None else not _looks_grey(splits.train),
         crop_pad=cfg.crop_pad if cfg.crop_pad is not None else _default_crop_pad(splits.train.image_size),
-        low_res=cfg.low_res if cfg.low_res is not None
-        else LOW_RES_SHARE if small_scratch_on_cpu and cfg.time_budget else 0.0,
+        low_res=low_res,
         strategy=strategy, optimizer=optimizer, lr=lr,
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WEIGHT_DECAY[optimizer],
-        batch_size=batch_size, image_size=data_input_size(cfg) or splits.train.image_size, amp=amp,
+        batch_size=batch_size, image_size=image_size, amp=amp,
         epochs=cfg.epochs or (None if cfg.time_budget else DEFAULT_EPOCHS),
         crop_fraction=cfg.crop_fraction or (PHOTO_CROP_FRACTION if photos else 1.0),
         unfreeze_groups=cfg.unfreeze_groups if cfg.unfreeze_groups is not None or cfg.time_budget

@@ -74,7 +74,8 @@ class Scale(nn.Module):
         return x * self.factor
 
 
-@register("fastcnn", "fast small CNN for 32x32 images (airbench-style stages); the from-scratch default")
+@register("fastcnn", "fast small CNN for 32x32 images (airbench-style stages); the from-scratch default",
+          min_input_size=8)  # three 2x2 max-pools
 def fastcnn(num_classes: int, *, pretrained: bool = False, weights: str | None = None, dropout: float = 0.0,
             width: float = 1.0) -> ImageClassifier:
     # Sized for 2 CPU cores: channels are cheap at 4x4, so the last stage is wide (0.8 M parameters, 1,550 img/s
@@ -118,7 +119,7 @@ def resnet18(num_classes: int, *, pretrained: bool = False, weights: str | None 
     return _load_user_weights(model, weights)
 
 
-@register("tiny", "a tiny CNN for tests and smoke runs")
+@register("tiny", "a tiny CNN for tests and smoke runs", min_input_size=2)
 def tiny(num_classes: int, *, pretrained: bool = False, weights: str | None = None, dropout: float = 0.0,
          width: float = 1.0) -> ImageClassifier:
     c0, c1 = _widths((8, 16), width)

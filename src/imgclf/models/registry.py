@@ -23,17 +23,20 @@ class ModelEntry:
     has_pretrained: bool = False
     default_image_size: int | None = None  # input size the pretrained weights expect, when they have one
     weights_status: Callable[[], str] | None = None  # 'installed' or why not, for models with has_pretrained
+    min_input_size: int = 1  # the smallest square input its stride-2 stages and pools accept (the plan never
+                             # trains or evaluates it below this: 8x8 digits at --low-res 0.5 would be 6x6)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register(name: str, summary: str, has_pretrained: bool = False, default_image_size: int | None = None,
-             weights_status: Callable[[], str] | None = None) -> Callable[[Builder], Builder]:
+             weights_status: Callable[[], str] | None = None, min_input_size: int = 1) -> Callable[[Builder], Builder]:
     """Decorator: make `builder(num_classes, *, pretrained, weights, dropout, width)` buildable by name."""
 
     def wrap(builder: Builder) -> Builder:
-        _REGISTRY[name] = ModelEntry(builder, summary, has_pretrained, default_image_size, weights_status)
+        _REGISTRY[name] = ModelEntry(builder, summary, has_pretrained, default_image_size, weights_status,
+                                     min_input_size)
         return builder
 
     return wrap

@@ -124,7 +124,8 @@ def _builder(name: str):  # noqa: ANN202 - a registry builder
     return build
 
 
+SPEEDNET_MIN_INPUT = 9  # a 2x2 patch conv, then three 2x2 pools
 register("speednet", "the CIFAR speed run's net (whitened 2x2 patches, 3 conv blocks); train it with "
-         "--recipe speedrun")(_builder("speednet"))
-register("speednet_long", "the long speed run's wider, residual net; train it with --recipe speedrun-long")(
-    _builder("speednet_long"))
+         "--recipe speedrun", min_input_size=SPEEDNET_MIN_INPUT)(_builder("speednet"))
+register("speednet_long", "the long speed run's wider, residual net; train it with --recipe speedrun-long",
+         min_input_size=SPEEDNET_MIN_INPUT)(_builder("speednet_long"))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgclf.config import TrainConfig
+from imgclf.config import LOW_RES_SCALE, TrainConfig
 from imgclf.evaluation.metrics import loss_and_accuracy, macro_f1, predict_logits
 from imgclf.runtime import autocast
 from imgclf.training.callbacks import Callback
@@ -23,7 +23,6 @@ from imgclf.training.losses import criterion_for
 from imgclf.training.mixing import batch_mixer, dominant_labels
 from imgclf.training.schedules import lr_multiplier
 
-LOW_RES_SCALE = 0.75
 MONITORED = {"val_acc": "val_acc", "macro_f1": "val_macro_f1"}  # --monitor -> the history column it selects on
 
 
