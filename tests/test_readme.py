@@ -3,11 +3,14 @@ parses (and its recipe and config resolve), every flag it names exists, and both
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from imgclf.cli import build_parser
 from test_cli import parse_as_documented, subcommands
@@ -56,9 +59,29 @@ def test_make_targets_dry_run() -> None:
     # as a user types them: not inside another make (`make test` runs this suite), whose MAKEFLAGS and
     # MAKELEVEL would add "make[1]: Entering directory" lines
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    run = subprocess.run(["make", "-n", "run", "CIFAR=/nonexistent"], cwd=ROOT, capture_output=True, text=True,
-                         env=env)
+    run = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
-    assert "bash .ci/run setup" in run.stdout and "imgclf compare --data digits" in run.stdout
+    assert "bash .ci/run setup" in run.stdout and "imgclf compare --data flowers-mini" in run.stdout
+    assert "shared" not in run.stdout  # a user's clone has no ../shared
     test = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert test.returncode == 0 and test.stdout.strip() == "bash .ci/run", test.stdout
+
+
+@pytest.mark.slow  # about 3 minutes on 2 cores: the whole main job
+def test_make_run_as_a_fresh_clone_without_shared_runs_it(tmp_path: Path) -> None:
+    """What `make run` runs after set-up, taken from `make -n run` itself, run from a folder with no ../shared
+    beside it: it must end with a report in which fine-tuning beats training from scratch on the bundled
+    photos (the point of the main job), by more than the noise of 100 test photos."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    out = tmp_path / "compare"
+    dry = subprocess.run(["make", "-n", "run", f"OUT={out}"], cwd=ROOT, capture_output=True, text=True, env=env)
+    command = next(line for line in dry.stdout.splitlines() if "imgclf compare" in line)
+    argv = shlex.split(command)
+    argv[0] = str(ROOT / argv[0])  # .venv/bin/imgclf, relative to the checkout
+    work = tmp_path / "clone-without-shared"
+    work.mkdir()
+    result = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "report.html").is_file()
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["verdict"].startswith("finetune"), comparison["verdict"]
