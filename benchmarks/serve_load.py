@@ -36,6 +36,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import median, smoke_threads  # noqa: E402
+from imgclf.inference.settings import DEFAULTS  # noqa: E402
 
 
 def make_folder(root: Path, classes: int, per_class: int, size: int) -> Path:
@@ -234,8 +235,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--runs", type=int, default=3, help="alternating runs of each server; medians reported")
-    p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=10.0, help="the server's default")
+    p.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size,
+                   help=f"default: {DEFAULTS.max_batch_size}, the server's")
+    p.add_argument("--max-wait-ms", type=float, default=DEFAULTS.max_wait_ms,
+                   help=f"default: {DEFAULTS.max_wait_ms}, the server's")
     p.add_argument("--checkpoint", help="use this checkpoint instead of training one")
     p.add_argument("--baseline-server", metavar="CHECKPOINT", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)

@@ -349,3 +349,25 @@ def test_serve_user_errors(checkpoint: Path) -> None:
         serve(checkpoint=str(checkpoint), port=0, max_batch_size=0)
     with pytest.raises(UserError, match="--max-wait-ms must not be negative"):
         serve(checkpoint=str(checkpoint), port=0, max_wait_ms=-1)
+
+
+def test_serve_flags_default_to_the_server_settings(checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`imgclf serve`'s limit flags take their defaults and help from ServerSettings: they cannot drift."""
+    from dataclasses import asdict, fields
+
+    from imgclf.cli import build_parser
+    from imgclf.inference.settings import ServerSettings
+
+    args = build_parser().parse_args(["serve", "--checkpoint", str(checkpoint)])
+    defaults = asdict(ServerSettings())
+    flags = ("api_key", "max_batch_size", "max_wait_ms", "max_upload_bytes", "max_pixels", "max_request_pixels",
+             "max_files")
+    assert {name: getattr(args, name) for name in flags} == {name: defaults[name] for name in flags}
+    assert (defaults["max_pixels"], defaults["max_request_pixels"]) == (4096 * 4096, 8192 * 8192)  # README: 16.7, 67 MP
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for option in fields(ServerSettings):
+        if option.metadata.get("help"):
+            assert f"{option.metadata['help']} (default: {option.default})" in shown

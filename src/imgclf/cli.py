@@ -377,13 +377,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from imgclf.inference.server import serve
+    from imgclf.inference.settings import serve_options
 
     if bool(args.checkpoint) == bool(args.onnx):
         raise UserError("give exactly one of --checkpoint or --onnx")
-    serve(checkpoint=args.checkpoint, onnx=args.onnx, host=args.host, port=args.port,
-          api_key=args.api_key or os.environ.get("IMGCLF_API_KEY"), max_batch_size=args.max_batch_size,
-          max_wait_ms=args.max_wait_ms, max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
-          max_request_pixels=args.max_request_pixels, max_files=args.max_files, device=args.device)
+    serve(checkpoint=args.checkpoint, onnx=args.onnx, host=args.host, port=args.port, device=args.device,
+          api_key=args.api_key or os.environ.get("IMGCLF_API_KEY"),
+          **{option.name: getattr(args, option.name) for option in serve_options()})
     return 0
 
 
@@ -533,18 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=number(int, "port", 0, 65535), default=8000, help="port to listen on")
     p.add_argument("--api-key", type=api_key, help="require this key in the X-API-Key header (default: "
                    "$IMGCLF_API_KEY, else no key)")
-    p.add_argument("--max-batch-size", type=number(int, "max_batch_size", 1), default=32,
-                   help="most images in one forward pass")
-    p.add_argument("--max-wait-ms", type=number(float, "max_wait_ms", 0), default=10.0,
-                   help="how long a request may wait for others to share its forward pass")
-    p.add_argument("--max-upload-bytes", type=number(int, "max_upload_bytes", 1), default=10 * 1024 * 1024,
-                   help="larger uploads are refused with 413")
-    p.add_argument("--max-pixels", type=number(int, "max_pixels", 1), default=4096 * 4096,
-                   help="larger images (decompression bombs, floods of costly decodes) are refused with 413")
-    p.add_argument("--max-request-pixels", type=number(int, "max_request_pixels", 1), default=8192 * 8192,
-                   help="the most pixels all images of one request may hold together; more is refused with 413")
-    p.add_argument("--max-files", type=number(int, "max_files", 1), default=64,
-                   help="most files in one /predict/batch request")
+    from imgclf.inference.settings import serve_options
+
+    for option in serve_options():  # the limits: defaults, help and bounds from ServerSettings
+        p.add_argument(f"--{option.name.replace('_', '-')}", default=option.default, help=option.metadata["help"],
+                       type=number(type(option.default), option.name, option.metadata["minimum"]))
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
     p.set_defaults(func=_cmd_serve)
 

@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from imgclf.inference.settings import DEFAULTS
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -53,8 +55,9 @@ class MicroBatcher(Generic[T, R]):
     gets the exception.
     """
 
-    def __init__(self, run_batch: Callable[[list[T]], Sequence[R]], max_batch_size: int = 32,
-                 max_wait_ms: float = 10.0, workers: int = 1, thread_name: str = "imgclf-inference") -> None:
+    def __init__(self, run_batch: Callable[[list[T]], Sequence[R]], max_batch_size: int = DEFAULTS.max_batch_size,
+                 max_wait_ms: float = DEFAULTS.max_wait_ms, workers: int = 1,
+                 thread_name: str = "imgclf-inference") -> None:
         if max_batch_size < 1 or workers < 1:
             raise ValueError("max_batch_size and workers must be at least 1")
         if max_wait_ms < 0:

@@ -1,0 +1,51 @@
+"""The HTTP API's answers and query parameters, as its OpenAPI document shows them."""
+
+from typing import Annotated, Any
+
+from fastapi import Query
+from pydantic import BaseModel, Field
+
+from imgclf.inference.settings import MAX_TOP_K
+
+
+class Ranked(BaseModel):
+    label: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    label: str
+    probability: float
+    top_k: list[Ranked]
+    explanation: str | None = Field(None, description="with explain=true: a Grad-CAM overlay of the image as "
+                                    "the model saw it (base64 PNG), showing where it found the predicted class")
+
+
+class FilePrediction(Prediction):
+    file: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Error(BaseModel):
+    detail: Any
+
+
+TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description="how many ranked classes to return")]
+Explain = Annotated[bool, Query(description="add a Grad-CAM overlay of each image (needs a torch checkpoint, "
+                                            "not ONNX; costs a backward pass)")]
+
+
+def error_responses(with_key: bool) -> dict[int | str, dict[str, Any]]:
+    """The 4xx answers the prediction routes document; 401 only where the server wants a key."""
+    errors: dict[int | str, dict[str, Any]] = {
+        400: {"model": Error, "description": "a malformed request body"},
+        413: {"model": Error, "description": "upload, image pixels, request pixels or file count over a limit"},
+        415: {"model": Error, "description": "not an image in a supported format"},
+        422: {"model": Error, "description": "a missing field, bad parameter or unreadable image"},
+    }
+    if with_key:
+        errors[401] = {"model": Error, "description": "missing or wrong X-API-Key"}
+    return errors
