@@ -13,7 +13,8 @@ from imgclf.errors import UserError
 from imgclf.models.base import ImageClassifier
 from imgclf.models.registry import build_model
 
-FORMAT = "imgclf-checkpoint-v1"
+FORMAT = "imgclf-checkpoint-v2"  # v2: stateful callbacks' state (lr_schedule, ...); the trainer resumes v2 only
+READABLE = (FORMAT, "imgclf-checkpoint-v1")  # whose weights, config and classes load (evaluate, predict, serve)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -27,7 +28,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - a truncated, foreign or unsafe file
         raise UserError(f"{path}: not an imgclf checkpoint, or one that holds more than tensors and plain "
                         f"values ({exc.__class__.__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE:
         raise UserError(f"{path}: not an imgclf checkpoint")
     missing = [k for k in ("model", "config", "classes") if k not in ckpt]
     if missing:

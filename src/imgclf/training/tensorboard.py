@@ -17,7 +17,7 @@ from imgclf.errors import UserError
 from imgclf.evaluation.metrics import predict_logits
 from imgclf.evaluation.scores import confusion
 from imgclf.reporting import figures
-from imgclf.training.callbacks import Callback
+from imgclf.training.callbacks import LOGS, Callback
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -30,6 +30,8 @@ NOT_LOGGED = {"epoch", "seconds"}  # history columns that are the axis or a runn
 class TensorBoardLogger(Callback):
     """train/loss and train/lr every step; epoch/<history column> and epoch/images_per_second every epoch;
     at the end val/confusion_matrix of the final weights. Rank 0 only (run.py adds it there)."""
+
+    order = LOGS
 
     def __init__(self, folder: Path) -> None:
         try:  # checked when the run is set up, before anything is written

@@ -1,25 +1,30 @@
-"""The Trainer: owns the loop (mixed precision, clipping, schedule, time budget) and its resumable state."""
+"""The Trainer: owns the loop (mixed precision, clipping, schedule, time budget) and its resumable state.
+
+What a run adds to the plain step (--mixup / --cutmix, --low-res, --ema, and any callback of the caller's) hooks
+into the loop's ordered events (imgclf.training.callbacks); --accumulate is the step's strategy
+(imgclf.training.accumulation).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from imgclf.config import LOW_RES_SCALE, TrainConfig
+from imgclf.config import TrainConfig
+from imgclf.errors import UserError
 from imgclf.evaluation.metrics import loss_and_accuracy, macro_f1, predict_logits
 from imgclf.runtime import autocast
+from imgclf.training.accumulation import Batch, GradientAccumulation
 from imgclf.training.callbacks import Callback
 from imgclf.training.checkpoint import FORMAT, rng_state, save_atomic, set_rng_state
 from imgclf.training.ema import WeightEMA
 from imgclf.training.losses import criterion_for
+from imgclf.training.low_res import LowRes
 from imgclf.training.mixing import batch_mixer, dominant_labels
 from imgclf.training.schedules import lr_multiplier
 
@@ -27,7 +32,9 @@ MONITORED = {"val_acc": "val_acc", "macro_f1": "val_macro_f1"}  # --monitor -> t
 
 
 class Trainer:
-    """Runs epochs of `train_loader`, validates on `val_loader`, and calls the callbacks' hooks.
+    """Runs epochs of `train_loader`, validates on `val_loader`, and fires the events of
+    imgclf.training.callbacks (in their documented order) to `callbacks` plus those the config asks for
+    (--mixup / --cutmix, --low-res, --ema), all sorted once by `order`.
 
     The LR of every optimizer group is its `peak_lr` times the schedule at the current progress, so a
     resumed run (same step, same seconds) continues the schedule exactly.
@@ -44,14 +51,15 @@ class Trainer:
         self.train_model = train_model or model  # what the loop calls (compiled or DDP-wrapped)
         self.config, self.train_loader, self.val_loader = config, train_loader, val_loader
         self.optimizer, self.max_epochs, self.classes = optimizer, max_epochs, classes
-        self.callbacks = callbacks or []
         self.amp_dtype = amp_dtype
         use_scaler = amp_dtype == torch.float16 and next(model.parameters()).device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         # run.py passes the loss built from the training labels (class weights need them)
         self.criterion = criterion if criterion is not None else criterion_for(config)
-        self.mixer = batch_mixer(config, len(classes))  # --mixup / --cutmix: soft targets, same criterion
+        self.accumulation = GradientAccumulation(config.accumulate)
         self.ema = WeightEMA(model, config.ema) if config.ema else None
+        own = [batch_mixer(config, len(classes)), LowRes(config.low_res) if config.low_res else None, self.ema]
+        self.callbacks = sorted([c for c in own if c is not None] + list(callbacks or []), key=lambda c: c.order)
         self.best_weights = "raw"  # which weights won the best epoch: "raw", or "ema" (best.pt holds them)
         self.is_main = is_main
         self.agree = agree  # DDP: ranks agree on the clock and on stopping after every step
@@ -74,6 +82,13 @@ class Trainer:
         self.best_score = -1.0  # the best epoch's value of the monitored column (val_acc or val_macro_f1)
         self.stop_reason: str | None = None
         self.current_lr = optimizer.param_groups[-1]["lr"]
+        # during a step: the batch (inputs, targets) going into the forward pass, its output and loss, which the
+        # events on_forward_start and on_loss let callbacks read and replace
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        self.out: torch.Tensor | None = None
+        self.loss: torch.Tensor | None = None
+        self._check_state_keys()
 
     # -- the loop ----------------------------------------------------------------------------------------
 
@@ -85,10 +100,9 @@ class Trainer:
             train_loss, train_acc = self._train_epoch()
             self.epoch += 1
             row = {"epoch": self.epoch, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
-                   **self._validate(self.model),
+                   **self.validate(self.model),
                    "lr": float(f"{self.current_lr:.6g}"), "seconds": round(self.train_seconds, 3)}
-            if self.ema is not None:  # the averaged weights, scored beside the raw ones (extra history columns)
-                row.update(self._validate(self.ema.module, "_ema"))
+            self._call("on_validation_end", row)  # --ema: the averaged weights' columns
             self.history.append(row)
             weights = self.better_weights(row)
             suffix = "_ema" if weights == "ema" else ""
@@ -99,7 +113,7 @@ class Trainer:
         self._call("on_fit_end")
         return self.history
 
-    def _validate(self, model: nn.Module, suffix: str = "") -> dict[str, float]:
+    def validate(self, model: nn.Module, suffix: str = "") -> dict[str, float]:
         """Val loss, accuracy and macro F1 of `model` as history columns (names + `suffix`)."""
         logits, labels = predict_logits(model, self.val_loader, amp_dtype=self.amp_dtype)
         loss, acc = loss_and_accuracy(logits, labels)
@@ -111,7 +125,7 @@ class Trainer:
         device = next(self.model.parameters()).device
         total_loss, correct, seen = self._resumed_sums(device)
         tick = time.perf_counter()
-        for group in self._step_groups():
+        for group in self.accumulation.groups(self.train_loader):
             self._call("on_batch_start")
             self._set_lr()
             step_loss, step_correct, step_seen = self._step(group, device)
@@ -134,55 +148,33 @@ class Trainer:
         self.batch, self.epoch_sums = 0, None
         return (total_loss / max(seen, 1)).item(), (correct.float() / max(seen, 1)).item()
 
-    def _step_groups(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """The epoch's batches, --accumulate at a time (the last group holds the rest when they do not divide)."""
-        batches = iter(self.train_loader)
-        while group := list(itertools.islice(batches, self.config.accumulate)):
-            yield group
-
-    def _step(self, group: list[tuple[torch.Tensor, torch.Tensor]],
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One optimizer step over a group of batches: each one's loss weighted 1/len(group), so the summed
-        gradients equal one batch of them all (BatchNorm still sees each batch alone). Returns the step's loss
-        sum, correct count (against each mixed target's dominant class) and number of images."""
+    def _step(self, group: list[Batch], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One optimizer step over a group of batches (see GradientAccumulation): for each batch, forward under
+        autocast, loss, backward; then clip and step. Returns the step's loss sum, correct count (against each
+        mixed target's dominant class) and number of images."""
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        for i, (x, y) in enumerate(group):
-            if self.mixer is not None:
-                x, y = self.mixer(x, y)
-            x = self._at_training_size(x)
-            with self._no_sync(last=i == len(group) - 1):
+        for i, (self.x, self.y) in enumerate(group):
+            self._call("on_forward_start")  # --mixup / --cutmix, then --low-res
+            with self.accumulation.sync(self.train_model, last=i == len(group) - 1):
                 with autocast(device, self.amp_dtype):
-                    out = self.train_model(x)
-                    loss = self.criterion(out, y)
-                self.scaler.scale(loss / len(group)).backward()
-            loss_sum += loss.detach() * len(y)
-            correct += (out.argmax(1) == dominant_labels(y)).sum()
-            seen += len(y)
+                    self.out = self.train_model(self.x)
+                    self.loss = self.criterion(self.out, self.y)
+                self._call("on_loss")
+                self.scaler.scale(self.loss / len(group)).backward()  # the group's sum: the mean of them all
+            loss_sum += self.loss.detach() * len(self.y)
+            correct += (self.out.argmax(1) == dominant_labels(self.y)).sum()
+            seen += len(self.y)
+        self.x = self.y = self.out = self.loss = None
         if self.config.grad_clip:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        self._call("on_step_end")  # --ema
         return loss_sum, correct, seen
-
-    def _at_training_size(self, x: torch.Tensor) -> torch.Tensor:
-        """--low-res P: during the first P of training, batches shrunk to LOW_RES_SCALE of their side, which the
-        global pooling of every net accepts; the rest of training (and all evaluation) sees the full size."""
-        if not self.config.low_res or self.progress() >= self.config.low_res:
-            return x
-        side = round(x.shape[-1] * LOW_RES_SCALE)
-        return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
-
-    def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
-        """Under DDP, gradients are all-reduced once a step, on its last batch."""
-        if last or not hasattr(self.train_model, "no_sync"):
-            return contextlib.nullcontext()
-        return self.train_model.no_sync()
 
     def _resumed_sums(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The epoch's running (loss sum, correct, seen): zeros, or what a mid-epoch checkpoint held."""
@@ -193,7 +185,7 @@ class Trainer:
 
     def progress(self) -> float:
         """Share of training done: by steps, or by seconds when a time budget is set (whichever is further)."""
-        total_steps = max(1, self.max_epochs * -(-len(self.train_loader) // self.config.accumulate))
+        total_steps = max(1, self.max_epochs * self.accumulation.steps(len(self.train_loader)))
         by_steps = self.step / total_steps
         if self.time_budget:
             return max(by_steps, self.train_seconds / self.time_budget)
@@ -212,9 +204,23 @@ class Trainer:
             return min(0.5, self.config.warmup_epochs / 10)
         return min(0.5, self.config.warmup_epochs / self.max_epochs)
 
-    def _call(self, hook: str, *args: Any) -> None:
+    def _call(self, event: str, *args: Any) -> None:
         for callback in self.callbacks:
-            getattr(callback, hook)(self, *args)
+            getattr(callback, event)(self, *args)
+
+    def _stateful(self) -> list[Callback]:
+        return [c for c in self.callbacks if c.state_key is not None]
+
+    def _check_state_keys(self) -> None:
+        """Each stateful callback's state is a top-level entry of the checkpoint: no two may share a key, nor
+        take one of the trainer's own."""
+        taken = {"format", "model", "optimizer", "scaler", "rng", "config", "classes", "trainer", "best_weights",
+                 "raw_model", "weights", *self.checkpoint_extra}
+        for callback in self._stateful():
+            if callback.state_key in taken:
+                raise ValueError(f"{type(callback).__name__}.state_key {callback.state_key!r} is already a "
+                                 "checkpoint entry")
+            taken.add(callback.state_key)
 
     # -- state ---------------------------------------------------------------------------------------------
 
@@ -227,7 +233,8 @@ class Trainer:
                             "best_epoch": self.best_epoch, "best_score": self.best_score, "batch": self.batch,
                             "epoch_sums": None if self.epoch_sums is None
                             else [s.to("cpu", copy=True) for s in self.epoch_sums[:2]] + [self.epoch_sums[2]]},
-                **({"ema": self.ema.state_dict(), "best_weights": self.best_weights} if self.ema else {}),
+                **({"best_weights": self.best_weights} if self.ema else {}),
+                **{c.state_key: c.state_dict() for c in self._stateful()},  # --ema's under "ema"
                 **self.checkpoint_extra}
 
     def better_weights(self, row: dict[str, Any]) -> str:
@@ -255,10 +262,20 @@ class Trainer:
             save_atomic(state or self.state_dict(), path)
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
-        """Continue exactly where a checkpoint left off (weights, optimizer, scaler, RNG, counters)."""
+        """Continue exactly where a checkpoint left off (weights, optimizer, scaler, RNG, counters, and the
+        state of every stateful callback)."""
+        if ckpt.get("format") != FORMAT:
+            raise UserError(f"this checkpoint was written by an older imgclf ({ckpt.get('format')}, this one writes "
+                            f"{FORMAT}): its weights still evaluate, predict, serve and export, but its training "
+                            "cannot be resumed; start a new run")
+        missing = [f"{c.state_key} ({type(c).__name__})" for c in self._stateful() if c.state_key not in ckpt]
+        if missing:
+            raise UserError(f"the checkpoint holds no state for {', '.join(missing)}: it was written by a run "
+                            "without that callback, so it cannot continue with it")
         self.model.load_state_dict(ckpt.get("raw_model", ckpt["model"]))  # best.pt whose EMA won holds both
+        for callback in self._stateful():
+            callback.load_state_dict(ckpt[callback.state_key])
         if self.ema is not None:
-            self.ema.load_state_dict(ckpt["ema"])
             self.best_weights = ckpt["best_weights"]
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
