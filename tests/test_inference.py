@@ -22,8 +22,7 @@ from helpers import free_port, imgclf
 from imgclf.errors import UserError
 from imgclf.inference import export as export_mod
 from imgclf.inference.batching import MicroBatcher
-from imgclf.inference.onnx_backend import load_onnx_predictor
-from imgclf.inference.predictor import Predictor, predict_command
+from imgclf.inference.predictor import Predictor, load_onnx_predictor, predict_command
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from PIL import Image
 
 from helpers import imgclf, make_folder
 from imgclf.cli import main
+from imgclf.commands.inspect import inspect_data
 from imgclf.evaluation import inspection
-from imgclf.evaluation.inspection import confident_label_issues, inspect_data, near_pairs, warn_exact_duplicates
+from imgclf.evaluation.inspection import confident_label_issues, near_pairs, warn_exact_duplicates
 
 DATA_URI = 'src="data:image/png;base64,'
 
@@ -60,7 +61,7 @@ def test_inspect_finds_every_planted_problem(planted: Path, tmp_path: Path) -> N
 
 def test_clean_data_reports_nothing(tmp_path: Path) -> None:
     """No false alarms on distinct images; the report lands in runs/inspect-DATA-TIME, like a run directory."""
-    from imgclf.reporting.inspection import run_inspection
+    from imgclf.commands.inspect import run_inspection
 
     root = make_folder(tmp_path / "imgs", classes=3, per_class=30, size=32)
     summary = run_inspection(str(root))

@@ -91,7 +91,7 @@ def test_one_preprocessing_for_evaluate_predict_serve_and_onnx(photo_checkpoint:
     from fastapi.testclient import TestClient
 
     from imgclf.inference.export import export_onnx
-    from imgclf.inference.onnx_backend import load_onnx_predictor
+    from imgclf.inference.predictor import load_onnx_predictor
     from imgclf.inference.server import create_app
 
     ckpt = load_checkpoint(photo_checkpoint)

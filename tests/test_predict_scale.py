@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from helpers import imgclf, make_folder
+from imgclf.commands.evaluate import evaluate_checkpoint, joined
 from imgclf.data import ImageSet, load_splits
 from imgclf.data.photos import PhotoSet, Preprocess
 from imgclf.errors import UserError
-from imgclf.evaluation.evaluate import evaluate_checkpoint, joined
 from imgclf.inference.predictor import Predictor, predict_command
 
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from helpers import make_folder, require_cifar
+from imgclf.commands.evaluate import evaluate_checkpoint
 from imgclf.config import TrainConfig
 from imgclf.data.loaders import BatchAugment
 from imgclf.errors import TrainingDiverged
-from imgclf.evaluation.evaluate import evaluate_checkpoint
 from imgclf.evaluation.metrics import tta_logits
 from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
 from imgclf.training.callbacks import Callback

@@ -316,7 +316,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from imgclf.evaluation.evaluate import evaluate_checkpoint
+    from imgclf.commands.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, tta=args.tta,
                                  data_dir=args.data_dir, device=args.device)
@@ -356,7 +356,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
-    from imgclf.evaluation.lr_finder import run_lr_find
+    from imgclf.commands.lr_find import run_lr_find
 
     cfg = config_from_args(args)
     result = run_lr_find(cfg, out=args.out_dir, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps)
@@ -413,7 +413,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from imgclf.reporting.inspection import run_inspection
+    from imgclf.commands.inspect import run_inspection
 
     summary = run_inspection(args.data, checkpoint=args.checkpoint, out=args.out, data_dir=args.data_dir,
                              max_distance=args.max_distance, device=args.device)

@@ -13,7 +13,8 @@ import hashlib
 import os
 from pathlib import Path, PurePath
 
-from imgclf.data.sources import CACHE_VERSION, SPLIT_NAMES
+from imgclf.data.decode import CACHE_VERSION
+from imgclf.data.listing import SPLIT_NAMES
 from imgclf.errors import UserError
 
 COLUMNS = ("file", "label")  # required; `split` is optional, and other columns (notes, sources) are ignored

@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+# the decode cache (imgclf.data.sources) re-reads data cached by another version of what decoding gives:
+# 2: photos keep their aspect ratio; 3: 16-bit images scaled, skipped files named
+CACHE_VERSION = 3
+
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB always: grayscale, 16-bit grayscale (scaled), palette and RGBA (composited on white) are converted."""

@@ -10,7 +10,8 @@ so small that the last stage is 1 x 1 (timm's resnet18 at 32 px), the stage befo
 cell locates nothing.
 
 Written with hooks rather than the `grad-cam` package: a few lines, no dependency. Serving imports this
-module, so it imports nothing from training.
+module, so it imports nothing from training (nor inference: `imgclf predict --explain` is built on it
+there, in imgclf.inference.predictor).
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from __future__ import annotations
 import base64
 import io
 import threading
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,15 +29,10 @@ from PIL import Image
 from torch import nn
 
 from imgclf.errors import UserError
-from imgclf.fileio import write_bytes
-
-if TYPE_CHECKING:
-    from imgclf.inference.predictor import Predictor
 
 MIN_SIDE = 192  # overlays of small inputs (CIFAR's 32 px) are enlarged to at least this for the eye
 ALPHA = 0.45  # the heatmap's share of each overlay pixel
 COLORMAP = "jet"
-Explain = Callable[[str | Path, str], str]  # (image path, label to explain) -> the overlay's path
 
 
 def cam_layer(model: nn.Module, input_size: int) -> nn.Module:
@@ -148,26 +143,3 @@ def overlays_png(cam: GradCAM, images: torch.Tensor, targets: Sequence[int] | No
 def overlays_base64(cam: GradCAM, images: torch.Tensor, targets: Sequence[int] | None = None) -> list[str]:
     """The overlays as base64 PNG text, for JSON (the server's explain=true)."""
     return [base64.b64encode(png).decode("ascii") for png in overlays_png(cam, images, targets)]
-
-
-def explainer(predictor: Predictor, out_dir: str | Path) -> Explain:
-    """For `imgclf predict --explain DIR`: a function (image path, predicted label) -> the path of the
-    overlay it wrote in DIR (atomically), explaining that label: NAME.gradcam.png from the image's NAME,
-    NAME-2.gradcam.png and so on when another image of the run had the same name. Needs the torch backend."""
-    if predictor.model is None:
-        raise UserError("--explain needs --checkpoint: an ONNX model has no gradients to explain with")
-    folder = Path(out_dir)
-    cam = GradCAM(predictor.model, predictor.input_size)
-    used: set[str] = set()
-
-    def explain(path: str | Path, label: str) -> str:
-        stem = Path(path).stem or "image"
-        name, n = f"{stem}.gradcam.png", 1
-        while name in used:
-            n += 1
-            name = f"{stem}-{n}.gradcam.png"
-        used.add(name)
-        write_bytes(folder / name, overlays_png(cam, predictor.preprocess([path]), [predictor.classes.index(label)])[0])
-        return str(folder / name)
-
-    return explain

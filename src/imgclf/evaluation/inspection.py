@@ -1,6 +1,7 @@
-"""`imgclf inspect`: a dataset's health before training: counts, image sizes, unreadable files, exact and
-near duplicates (within a class, across classes, across splits) and, given a checkpoint, suspected label
-errors by confident learning on out-of-sample probabilities.
+"""A dataset's health before training, the library of `imgclf inspect` (imgclf.commands.inspect, which adds
+the counts, sizes and a checkpoint's scores): every image read and hashed, exact and near duplicates
+(within a class, across classes, across splits), and confident learning, which finds suspected label
+errors in out-of-sample probabilities; `imgclf train` runs the cheap exact-copy check.
 
 Every file is read once (threads: Pillow releases the GIL while decoding) into a `Scan`: per image a
 digest of its decoded pixels (exact duplicates, whatever the file format), a 64-bit perceptual hash (the
@@ -15,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,13 +30,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from imgclf.data import Splits, load_splits
+from imgclf.data.csvlabels import CsvListing
 from imgclf.data.decode import decode_image, printable_name
 from imgclf.data.imageset import ImageSet, stratified_split
-from imgclf.data.loaders import eval_batch_size
+from imgclf.data.listing import ARCHIVE_SUFFIXES, FolderTree, train_classes
 from imgclf.data.photos import PhotoSet
-from imgclf.data.sources import ARCHIVE_SUFFIXES, FolderTree, train_classes
 from imgclf.errors import UserError
-from imgclf.runtime import resolve_device
 
 HASH_SIDE = 32  # the perceptual hash's DCT runs on a 32x32 grey thumbnail and keeps its 8x8 lowest frequencies
 NEAR_DISTANCE = 8  # default: pairs whose 64-bit hashes differ in at most this many bits are candidates
@@ -44,8 +43,6 @@ NEAR_DISTANCE = 8  # default: pairs whose 64-bit hashes differ in at most this m
 # across classes stayed below 0.73 and the pairs checked by eye at 0.85 and above were one picture
 NEAR_CORRELATION = 0.9
 PAIR_BLOCK = 1 << 24  # hash comparisons per numpy chunk (128 MB of uint64 at a time)
-SPLIT_ORDER = ["train", "val", "test", "all"]
-LISTED_ISSUES = 200  # suspected label errors listed in the JSON (all are counted)
 
 Source = bytes | Path | np.ndarray  # an archive member, a file, or a built-in set's decoded image
 
@@ -147,8 +144,6 @@ def _listing(data: str, data_dir: str | None, seed: int, val_fraction: float,
     if path.is_dir() or path.name.lower().endswith(ARCHIVE_SUFFIXES):
         tree: Any = FolderTree(path)
     elif path.suffix.lower() == ".csv":  # file,label[,split] rows, listed as the data layer lists them
-        from imgclf.data.csvlabels import CsvListing
-
         tree = CsvListing(path)
     else:
         raise UserError(f"{data}: not a folder or an archive ({', '.join(ARCHIVE_SUFFIXES)}), nor a labels .csv")
@@ -264,79 +259,6 @@ def out_of_sample(scan: Scan, seed: int, val_fraction: float) -> np.ndarray:
     train = np.flatnonzero((splits == "train") | (splits == "all"))
     _, carved = stratified_split(scan.labels[train], val_fraction, seed, scan.classes)
     return np.sort(np.concatenate([held, train[carved]]))
-
-
-def label_issues(scan: Scan, checkpoint: str, seed: int, val_fraction: float, device: str = "auto",
-                 ) -> dict[str, Any]:
-    """Score the images the checkpoint did not train on (its run's `seed` and `val_fraction` say which) in
-    its own evaluation view, and find the suspects."""
-    import torch
-
-    from imgclf.inference.predictor import Predictor
-
-    predictor = Predictor.load(checkpoint=checkpoint, device=device)
-    if predictor.classes != scan.classes:
-        raise UserError(f"{checkpoint}: trained on classes {predictor.classes[:4]}..., the data has "
-                        f"{scan.classes[:4]}...")
-    index = out_of_sample(scan, seed, val_fraction)
-    view = predictor.preprocessing
-    probs = np.zeros((len(index), len(scan.classes)), dtype=np.float32)
-    batch_size = eval_batch_size(view.input_size, resolve_device(device))  # evaluation's own batch size
-    for start in range(0, len(index), batch_size):
-        chunk = index[start:start + batch_size]
-        batch = torch.stack([view.view(decode(scan.sources[i], view.decode_side)) for i in chunk])
-        probs[start:start + len(chunk)] = predictor.probabilities(batch)
-    labels = scan.labels[index]
-    suspects, likely, thresholds = confident_label_issues(probs, labels)
-    rows = [{**scan.item(int(index[s])), "likely": scan.classes[likely[s]],
-             "given_probability": round(float(probs[s, labels[s]]), 4),
-             "likely_probability": round(float(probs[s, likely[s]]), 4)} for s in suspects]
-    carved = "val" not in scan.splits
-    scored = ["val (carved)" if carved and scan.splits[i] in ("train", "all") else scan.splits[i] for i in index]
-    return {"checkpoint": str(checkpoint), "scored": {s: scored.count(s) for s in dict.fromkeys(scored)},
-            "val_carved": carved,
-            "accuracy": round(float((probs.argmax(axis=1) == labels).mean()), 4) if len(index) else None,
-            "thresholds": {c: round(float(t), 4) for c, t in zip(scan.classes, thresholds, strict=True)},
-            "count": len(rows), "list": rows[:LISTED_ISSUES],
-            "_index": index[suspects]}
-
-
-# -- the whole inspection ------------------------------------------------------------------------------------
-
-def _spread(values: np.ndarray) -> dict[str, float]:
-    return {"min": float(values.min()), "median": float(np.median(values)), "max": float(values.max())}
-
-
-def inspect_data(data: str, checkpoint: str | None = None, data_dir: str | None = None,
-                 max_distance: int = NEAR_DISTANCE, device: str = "auto") -> tuple[dict[str, Any], Scan]:
-    """The inspection's results (what inspection.json holds, plus `_`-keys of indexes for the report)."""
-    started = time.perf_counter()
-    from imgclf.config import TrainConfig
-    from imgclf.models.checkpoint import checkpoint_config, load_checkpoint
-
-    # split as a default run (or the checkpoint's run) splits the data
-    cfg = checkpoint_config(load_checkpoint(checkpoint)) if checkpoint else TrainConfig()
-    seed, val_fraction = cfg.seed, cfg.val_fraction
-    found = scan(data, data_dir, seed, val_fraction)
-    if len(found) == 0:
-        raise UserError(f"{data}: none of its {len(found.unreadable)} files is a readable image")
-    split_names = sorted(set(found.splits), key=SPLIT_ORDER.index)
-    counts = {c: {s: 0 for s in split_names} for c in found.classes}
-    for s, y in zip(found.splits, found.labels, strict=True):
-        counts[found.classes[y]][s] += 1
-    width, height = found.sizes[:, 0], found.sizes[:, 1]
-    shapes = {tuple(s) for s in found.sizes.tolist()}
-    result: dict[str, Any] = {
-        "data": data, "images": len(found), "classes": found.classes,
-        "splits": {s: found.splits.count(s) for s in split_names}, "counts": counts,
-        "unreadable": {"count": len(found.unreadable), "files": found.unreadable},
-        "sizes": {"distinct": len(shapes), "width": _spread(width), "height": _spread(height),
-                  "aspect": _spread(width / height), "square_share": round(float((width == height).mean()), 4)},
-        "duplicates": duplicates(found, max_distance),
-        "label_issues": label_issues(found, checkpoint, seed, val_fraction, device) if checkpoint else None,
-    }
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    return result, found
 
 
 def public(result: Any) -> Any:

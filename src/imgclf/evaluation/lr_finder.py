@@ -3,18 +3,16 @@
 The loss falls slowly at tiny rates, fastest somewhere in the middle, and explodes once the rate is too
 large. The suggestion sits in the steep part of the descent, safely below the minimum, which is where a
 peak LR for one-cycle training belongs. The model, the optimizer state and the RNG are restored
-afterwards, so a range test can run right before training without changing it.
+afterwards, so a range test can run right before training without changing it. `imgclf lr-find` runs it on
+the configured data and model (imgclf.commands.lr_find).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +20,6 @@ from torch import nn
 
 from imgclf.data.loaders import endless
 from imgclf.errors import UserError
-from imgclf.fileio import atomic_file, write_json
 from imgclf.runtime import plain_step
 
 
@@ -154,46 +151,3 @@ def suggest(lrs: list[float], smoothed: list[float], start_lr: float | None = No
         note = "The loss was still falling at the end of the sweep; a larger --end-lr would show the minimum."
     suggested = float(np.clip(suggested, lr[0], lr[-1]))
     return suggested, min_lr, steepest, note
-
-
-def run_lr_find(cfg: Any, out: str | Path = "lr_find", start_lr: float = 1e-6, end_lr: float = 10.0,
-                steps: int = 100) -> dict[str, Any]:
-    """`imgclf lr-find`: the range test on the configured data and model, with the project's own loaders.
-
-    Writes OUT/lr_find.png, OUT/lr_find.csv and OUT/lr_find.json; returns the suggestion and the paths.
-    """
-    from imgclf.config import resolve
-    from imgclf.data import load_data
-    from imgclf.reporting import figures as figs
-    from imgclf.runtime import resolve_amp, resolve_device, seed_everything
-    from imgclf.training.optim import build_optimizer
-    from imgclf.training.plan import optimizer_groups, plan_finetune
-    from imgclf.training.run import model_for, train_loader_for
-
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    splits = load_data(cfg)
-    cfg = resolve(cfg, splits, device)
-    model = model_for(cfg, len(splits.classes), device)
-    optimizer = build_optimizer(optimizer_groups(model, cfg, plan_finetune(model, cfg)), cfg)
-    loader = train_loader_for(cfg, splits.train, device)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    result = lr_range_test(model, optimizer, loader, criterion=criterion, start_lr=start_lr, end_lr=end_lr,
-                           steps=steps, amp_dtype=resolve_amp(cfg, device))
-
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    fig = figs.lr_finder(result.lrs, result.losses, result.smoothed, result.suggested_lr, result.min_loss_lr,
-                         result.diverged_at)
-    plot = figs.save(fig, folder / "lr_find.png")
-    with atomic_file(folder / "lr_find.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["step", "lr", "loss", "smoothed_loss"])
-        writer.writerows((i, f"{a:.6g}", f"{b:.6g}", f"{c:.6g}")
-                         for i, (a, b, c) in enumerate(zip(result.lrs, result.losses, result.smoothed, strict=True)))
-    summary = {"suggested_lr": result.suggested_lr, "min_loss_lr": result.min_loss_lr,
-               "steepest_lr": result.steepest_lr, "diverged_at": result.diverged_at, "steps_run": len(result.lrs),
-               "start_lr": start_lr, "end_lr": end_lr, "model": cfg.model, "optimizer": cfg.optimizer,
-               "batch_size": cfg.batch_size, "note": result.note, "plot": str(plot), "csv": str(folder / "lr_find.csv")}
-    write_json(folder / "lr_find.json", summary)
-    return summary

@@ -14,8 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from imgclf.data.decode import printable_name
-from imgclf.data.listing import archive_files, image_names, is_archive
-from imgclf.data.sources import class_layout
+from imgclf.data.listing import archive_files, class_layout, image_names, is_archive
 from imgclf.errors import UserError
 from imgclf.evaluation.scores import class_report
 

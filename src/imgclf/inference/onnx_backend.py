@@ -1,8 +1,10 @@
-"""ONNX Runtime backend: a Predictor from an exported file alone (classes and input size from its metadata)."""
+"""ONNX Runtime backend: what a Predictor needs, from an exported file alone (classes and input size from its
+metadata); `imgclf.inference.predictor.load_onnx_predictor` makes the Predictor."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,6 @@ import torch
 from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
 from imgclf.inference.export import INPUT_NAME, ONNX_FORMAT, sha256_file
-from imgclf.inference.predictor import Predictor
 
 
 def read_metadata(session: Any, path: str | Path) -> dict[str, str]:
@@ -47,9 +48,11 @@ def check_graph(path: Path, session: Any, run: Any, classes: list[str], input_si
                         f"{'x'.join(map(str, logits.shape))} outputs for one image")
 
 
-def load_onnx_predictor(path: str | Path, threads: int | None = None) -> Predictor:
-    """Open `path` with ONNX Runtime on the CPU, with `threads` intra-op threads (default: torch's setting,
-    so a process sets its thread budget once) that sleep rather than spin when idle."""
+def load_onnx(path: str | Path, threads: int | None = None,
+              ) -> tuple[Callable[[torch.Tensor], np.ndarray], list[str], Preprocess, dict[str, Any]]:
+    """(backend, classes, preprocessing, metadata): a Predictor's arguments for the ONNX file `path`, opened
+    with ONNX Runtime on the CPU, with `threads` intra-op threads (default: torch's setting, so a process sets
+    its thread budget once) that sleep rather than spin when idle."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -86,4 +89,4 @@ def load_onnx_predictor(path: str | Path, threads: int | None = None) -> Predict
 
     metadata = {"model": props.get("model", "unknown"), "source": str(path), "backend": "onnxruntime",
                 "checkpoint_sha256": props.get("checkpoint_sha256"), "onnx_sha256": sha256_file(path)}
-    return Predictor(run, classes, preprocess, metadata)
+    return run, classes, preprocess, metadata

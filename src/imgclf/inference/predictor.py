@@ -18,16 +18,18 @@ import torch
 
 from imgclf.data.listing import is_archive
 from imgclf.data.photos import Preprocess
-from imgclf.data.sources import _warn_unreadable as warn_unreadable
+from imgclf.data.sources import warn_unreadable
 from imgclf.errors import UserError
-from imgclf.evaluation.gradcam import explainer
-from imgclf.fileio import atomic_file
+from imgclf.evaluation.gradcam import GradCAM, overlays_png
+from imgclf.fileio import atomic_file, write_bytes
 from imgclf.inference.bulk import Listing, Progress, Tally, list_inputs, score_line
+from imgclf.inference.onnx_backend import load_onnx
 from imgclf.mathutil import softmax
 from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
 from imgclf.runtime import resolve_device
 
 Backend = Callable[[torch.Tensor], np.ndarray]  # float (N, 3, S, S) in [0, 1] -> logits (N, C)
+Explain = Callable[[str | Path, str], str]  # (image path, label to explain) -> the overlay's path
 
 
 class Predictor:
@@ -46,8 +48,6 @@ class Predictor:
     def load(cls, checkpoint: str | None = None, onnx: str | None = None, device: str = "auto") -> Predictor:
         """A torch checkpoint (on `device`) or an exported ONNX file (ONNX Runtime, CPU)."""
         if onnx:
-            from imgclf.inference.onnx_backend import load_onnx_predictor
-
             return load_onnx_predictor(onnx)
         if not checkpoint:
             raise UserError("give a checkpoint or an ONNX file")
@@ -125,6 +125,35 @@ class Predictor:
             return self.preprocessing.view(self._decode(source, name))
         except (ValueError, UserError) as exc:
             return str(exc)
+
+
+def load_onnx_predictor(path: str | Path, threads: int | None = None) -> Predictor:
+    """A Predictor over an exported ONNX file (ONNX Runtime, CPU; see `imgclf.inference.onnx_backend.load_onnx`
+    for `threads`)."""
+    return Predictor(*load_onnx(path, threads))
+
+
+def explainer(predictor: Predictor, out_dir: str | Path) -> Explain:
+    """For `imgclf predict --explain DIR`: a function (image path, predicted label) -> the path of the
+    overlay it wrote in DIR (atomically), explaining that label: NAME.gradcam.png from the image's NAME,
+    NAME-2.gradcam.png and so on when another image of the run had the same name. Needs the torch backend."""
+    if predictor.model is None:
+        raise UserError("--explain needs --checkpoint: an ONNX model has no gradients to explain with")
+    folder = Path(out_dir)
+    cam = GradCAM(predictor.model, predictor.input_size)
+    used: set[str] = set()
+
+    def explain(path: str | Path, label: str) -> str:
+        stem = Path(path).stem or "image"
+        name, n = f"{stem}.gradcam.png", 1
+        while name in used:
+            n += 1
+            name = f"{stem}-{n}.gradcam.png"
+        used.add(name)
+        write_bytes(folder / name, overlays_png(cam, predictor.preprocess([path]), [predictor.classes.index(label)])[0])
+        return str(folder / name)
+
+    return explain
 
 
 def predict_command(images: Sequence[str], checkpoint: str | None = None, onnx: str | None = None, top_k: int = 5,

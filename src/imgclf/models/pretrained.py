@@ -23,7 +23,8 @@ from torch import nn
 
 from imgclf.errors import UserError
 from imgclf.models.base import ImageClassifier
-from imgclf.models.registry import Builder, register
+from imgclf.models.entry import Builder
+from imgclf.models.registry import register
 from imgclf.models.weights import load_strict, read_state_dict
 
 NUM_FEATURES = 1280  # the same for all Lite variants: their stem and head conv are not scaled

@@ -7,25 +7,11 @@ those entries are made on demand, not registered one by one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from imgclf.errors import UserError
 from imgclf.models.base import ImageClassifier
-
-Builder = Callable[..., ImageClassifier]
-TIMM_PREFIX = "timm:"
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    builder: Builder
-    summary: str
-    has_pretrained: bool = False
-    default_image_size: int | None = None  # input size the pretrained weights expect, when they have one
-    weights_status: Callable[[], str] | None = None  # 'installed' or why not, for models with has_pretrained
-    min_input_size: int = 1  # the smallest square input its stride-2 stages and pools accept (the plan never
-                             # trains or evaluates it below this: 8x8 digits at --low-res 0.5 would be 6x6)
-
+from imgclf.models.entry import TIMM_PREFIX, Builder, ModelEntry
+from imgclf.models.timm_any import timm_entry
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
@@ -45,8 +31,6 @@ def register(name: str, summary: str, has_pretrained: bool = False, default_imag
 def model_entry(name: str) -> ModelEntry:
     """The registered entry, or for `timm:NAME` one made from timm's own config (unknown NAME: UserError)."""
     if name.startswith(TIMM_PREFIX):
-        from imgclf.models.timm_any import timm_entry
-
         return timm_entry(name.removeprefix(TIMM_PREFIX))
     if name not in _REGISTRY:
         raise UserError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}, "

@@ -28,7 +28,7 @@ from torch import nn
 
 from imgclf.errors import UserError
 from imgclf.models.base import ImageClassifier
-from imgclf.models.registry import TIMM_PREFIX, ModelEntry
+from imgclf.models.entry import TIMM_PREFIX, ModelEntry
 from imgclf.models.weights import load_strict, read_state_dict
 
 MAX_GROUPS = 5

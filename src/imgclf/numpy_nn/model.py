@@ -15,8 +15,19 @@ from typing import Any
 import numpy as np
 
 from imgclf.fileio import write_with
-from imgclf.numpy_nn import activations as _activations  # noqa: F401  (registers the activation layers)
-from imgclf.numpy_nn.layers import LAYER_TYPES, Layer, Parameter
+from imgclf.numpy_nn.activations import ReLU  # importing activations registers its layers for `load`
+from imgclf.numpy_nn.layers import (
+    LAYER_TYPES,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2D,
+    Dropout,
+    Flatten,
+    Layer,
+    Linear,
+    MaxPool2D,
+    Parameter,
+)
 
 
 class Sequential(Layer):
@@ -155,9 +166,6 @@ def build_mlp(input_dim: int, hidden: list[int], num_classes: int, dropout: floa
               batchnorm: bool = False, seed: int | None = 0) -> Sequential:
     """Linear -> [BatchNorm1d] -> ReLU -> [Dropout] per hidden size, then a Linear classifier (He init)."""
     rng = np.random.default_rng(seed)
-    from imgclf.numpy_nn.activations import ReLU
-    from imgclf.numpy_nn.layers import BatchNorm1d, Dropout, Linear
-
     layers: list[Layer] = []
     width = input_dim
     for h in hidden:
@@ -179,9 +187,6 @@ def build_cnn(in_channels: int, image_size: int, hidden: list[int], num_classes:
     Stages stop early if the map would shrink below 2 x 2 (8 x 8 digits get two stages, CIFAR's 32 x 32 too).
     """
     rng = np.random.default_rng(seed)
-    from imgclf.numpy_nn.activations import ReLU
-    from imgclf.numpy_nn.layers import BatchNorm2d, Conv2D, Flatten, MaxPool2D
-
     layers: list[Layer] = []
     c, size = in_channels, image_size
     for out in channels:

@@ -1,11 +1,11 @@
-"""`imgclf inspect`'s report: DIR/inspection.json, and DIR/inspection.html (self-contained) + inspection.md
-with figures under DIR/figures, in the run report's look (`Document`, the shared figure style)."""
+"""`imgclf inspect`'s report of what imgclf.commands.inspect found: DIR/inspection.json, and
+DIR/inspection.html (self-contained) + inspection.md with figures under DIR/figures, in the run report's
+look (`Document`, the shared figure style)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from imgclf.evaluation.inspection import NEAR_DISTANCE, Scan, decode, inspect_data, public
+from imgclf.evaluation.inspection import Scan, decode, public
 from imgclf.fileio import write_json
 from imgclf.reporting import figures as figs
 from imgclf.reporting.document import Document
@@ -97,25 +97,6 @@ def size_spread(sizes: np.ndarray) -> Figure:
 
 def _where(scan: Scan, i: int) -> str:
     return f"{scan.splits[i]}/{scan.classes[scan.labels[i]]}"
-
-
-def run_inspection(data: str, checkpoint: str | None = None, out: str | Path | None = None,
-                   data_dir: str | None = None, max_distance: int = NEAR_DISTANCE, device: str = "auto",
-                   ) -> dict[str, Any]:
-    """`imgclf inspect`: inspect DATA and write the report to `out` (default runs/inspect-DATA-TIME, named
-    like a run directory); returns the paths and the headline counts."""
-    if out is None:
-        out = f"runs/inspect-{Path(data).name.split('.')[0] or 'data'}-{datetime.now():%Y%m%d-%H%M%S}"
-    result, scan = inspect_data(data, checkpoint=checkpoint, data_dir=data_dir, max_distance=max_distance,
-                                device=device)
-    report = write_inspection(result, scan, out)
-    exact, near = result["duplicates"]["exact"], result["duplicates"]["near"]
-    issues = result["label_issues"]
-    return {"out": str(out), "report": str(report), "json": str(Path(out) / "inspection.json"),
-            "images": result["images"], "unreadable": result["unreadable"]["count"],
-            "exact_duplicates": {k: exact[k] for k in ("groups", "within_class", "across_classes", "across_splits")},
-            "near_duplicates": {k: near[k] for k in ("pairs", "within_class", "across_classes", "across_splits")},
-            "label_issues": None if issues is None else issues["count"], "seconds": result["seconds"]}
 
 
 def write_inspection(result: dict[str, Any], scan: Scan, out: str | Path) -> Path:

@@ -209,6 +209,18 @@ def set_train_mode(model: nn.Module, training: bool = True) -> nn.Module:
     return model
 
 
+def set_trainable_top(model: nn.Module, groups: int) -> None:
+    """The head and the `groups` backbone layer groups nearest it train; everything below is frozen.
+    BatchNorm statistics stay fixed throughout (see the module docstring)."""
+    model = unwrap(model)
+    freeze_backbone(model)
+    backbone = model.layer_groups()
+    for group in backbone[len(backbone) - groups:] if groups > 0 else []:
+        for p in group:
+            p.requires_grad_(True)
+    freeze_bn_stats(model)
+
+
 # -- callbacks --------------------------------------------------------------------------------------------
 
 
@@ -273,6 +285,24 @@ class GradualUnfreeze(Callback):
         self._apply(trainer, epoch)
 
 
+class StagedUnfreeze(Callback):
+    """Staged fine-tuning's second phase (imgclf.training.staged): keeps the chosen top of the backbone
+    trainable and the rest frozen, at fit start and after a resume."""
+
+    def __init__(self, groups: int | None) -> None:
+        self.groups = groups
+
+    def _apply(self, trainer: Any) -> None:
+        groups = self.groups if self.groups is not None else trainer.config.unfreeze_groups
+        set_trainable_top(trainer.model, groups or 0)
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self._apply(trainer)
+
+    def prepare_resume(self, trainer: Any, epoch: int) -> None:
+        self._apply(trainer)
+
+
 def finetune_callback(strategy: str, config: TrainConfig | None = None, train_bn: bool = False) -> Callback:
     """The callback a strategy needs: linear_probe frozen for good, gradual frozen for `freeze_epochs`,
     full unfrozen from the start (with BatchNorm statistics per `train_bn`); scratch needs none."""
@@ -283,7 +313,5 @@ def finetune_callback(strategy: str, config: TrainConfig | None = None, train_bn
     if strategy == "full":
         return GradualUnfreeze(0, train_bn=train_bn)
     if strategy == "staged":
-        from imgclf.training.staged import StagedUnfreeze
-
         return StagedUnfreeze(config.unfreeze_groups if config is not None else None)
     return Callback()

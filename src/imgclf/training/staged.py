@@ -27,8 +27,7 @@ from torch import nn
 from imgclf.config import TrainConfig
 from imgclf.models.base import ImageClassifier
 from imgclf.runtime import autocast
-from imgclf.training.callbacks import Callback
-from imgclf.training.finetune import freeze_backbone, freeze_bn_stats, unwrap
+from imgclf.training.finetune import freeze_backbone, set_trainable_top, unwrap
 from imgclf.training.losses import criterion_for
 from imgclf.training.optim import decay_split
 
@@ -141,18 +140,6 @@ def fit_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, augmente
     return HeadReport(views, len(targets), time.perf_counter() - started, rate, loss)
 
 
-def set_trainable_top(model: nn.Module, groups: int) -> None:
-    """The head and the `groups` backbone layer groups nearest it train; everything below is frozen.
-    BatchNorm statistics stay fixed throughout (see imgclf.training.finetune)."""
-    model = unwrap(model)
-    freeze_backbone(model)
-    backbone = model.layer_groups()
-    for group in backbone[len(backbone) - groups:] if groups > 0 else []:
-        for p in group:
-            p.requires_grad_(True)
-    freeze_bn_stats(model)
-
-
 def choose_depth(model: ImageClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                  criterion: nn.Module, amp_dtype: torch.dtype | None, budget: float, num_train: int,
                  ) -> tuple[int, dict[int, float]]:
@@ -185,23 +172,6 @@ def choose_depth(model: ImageClassifier, batches: Iterable[tuple[torch.Tensor, t
             break
         chosen = depth
     return chosen, rates
-
-
-class StagedUnfreeze(Callback):
-    """Keeps the chosen top of the backbone trainable and the rest frozen, at fit start and after a resume."""
-
-    def __init__(self, groups: int | None) -> None:
-        self.groups = groups
-
-    def _apply(self, trainer: Any) -> None:
-        groups = self.groups if self.groups is not None else trainer.config.unfreeze_groups
-        set_trainable_top(trainer.model, groups or 0)
-
-    def on_fit_start(self, trainer: Any) -> None:
-        self._apply(trainer)
-
-    def prepare_resume(self, trainer: Any, epoch: int) -> None:
-        self._apply(trainer)
 
 
 def stage_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, train_loader: Any, num_train: int,

@@ -1,4 +1,5 @@
-"""`imgclf evaluate`: a checkpoint's accuracy, loss, per-class scores and confusion matrix on a split."""
+"""`imgclf evaluate`: a checkpoint's accuracy, loss, per-class scores and confusion matrix on a split (the
+checkpoint, the data layer and the loaders brought together; the scoring is imgclf.evaluation.metrics)."""
 
 from __future__ import annotations
 
