@@ -47,8 +47,7 @@ def summary(accuracies: list[float], baseline_mean: float | None) -> dict[str, A
 def run_part(name: str, base: dict[str, Any], seeds: list[int], work: Path, report: dict[str, Any],
              out: str | None) -> None:
     """Every variant with every seed; the data decoded once a seed; report[name] updated as runs finish."""
-    from imgclf.config import TrainConfig
-    from imgclf.data import load_data
+    from imgclf.config import TrainConfig, load_data
     from imgclf.training.run import train
 
     part: dict[str, Any] = {"settings": {k: v for k, v in base.items() if k != "data"}, "variants": {}}

@@ -12,8 +12,7 @@ import pytest
 
 from helpers import make_folder
 from imgclf.cli import main
-from imgclf.config import TrainConfig
-from imgclf.data import load_data
+from imgclf.config import TrainConfig, load_data
 from imgclf.errors import UserError
 from imgclf.evaluation.scores import class_scores, confused_pairs, per_sample_loss
 from imgclf.reporting.report import write_report

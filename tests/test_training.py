@@ -185,3 +185,23 @@ def test_tta_averages_the_mirror_and_two_one_pixel_shifts() -> None:
     expected = sum(v.flatten(1) for v in views) / 4 + sum(v.flatten(1) for v in shifted) / 8
     assert torch.allclose(got, expected)
     assert not torch.allclose(got, x.flatten(1))
+
+
+def test_a_run_reports_the_weights_it_delivers_not_a_later_worse_epoch(tmp_path: Path) -> None:
+    """When a later epoch scores lower than the best (a peak LR on a small photo set), the run's figures, the
+    returned model and best.pt are all the best epoch's: no `best_epoch: 1` beside the last epoch's accuracy."""
+    class SpoilLastEpoch(Callback):
+        def on_step_end(self, trainer: Any) -> None:
+            if trainer.epoch == 2:  # the third epoch: weights zeroed after every step, chance accuracy
+                with torch.no_grad():
+                    for p in trainer.model.parameters():
+                        p.zero_()
+
+    cfg = TrainConfig(data="digits", model="tiny", epochs=3, quiet=True, device="cpu", out=str(tmp_path / "run"))
+    result = train(cfg, extra_callbacks=[SpoilLastEpoch()])
+    history, metrics = result.history, result.metrics
+    assert history[2]["val_acc"] < history[1]["val_acc"] - 0.2, history
+    assert metrics["best_epoch"] == metrics["delivered_epoch"] != 3
+    assert metrics["val_accuracy"] == pytest.approx(metrics["best_val_accuracy"], abs=1e-6)
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(best[k], v) for k, v in result.model.state_dict().items())

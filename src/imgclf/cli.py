@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import yaml
 
 from imgclf.config import TrainConfig, from_dict, load_yaml, recipe_values
+from imgclf.defaults import LR_FIND_END, LR_FIND_START, LR_FIND_STEPS
 from imgclf.errors import TrainingDiverged, UserError
 
 DESCRIPTION = """\
@@ -298,15 +299,16 @@ def _say(message: str) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from imgclf.rundir import RunDir
     from imgclf.training.callbacks import AnnounceRunDir
-    from imgclf.training.run import new_run_dir, train
+    from imgclf.training.run import train
 
     cfg = config_from_args(args)
     overrides = given_values(args)
     if args.resume:  # the checkpoint's own run directory, or --out to continue in a new one
         where = Path(cfg.out) if cfg.out else Path(args.resume).resolve().parent.parent
     else:
-        where = new_run_dir(cfg.out, cfg)  # the default name (runs/DATA-MODEL-TIME) fixed now, to print it
+        where = RunDir.new(cfg.out, cfg).path  # the default name (runs/DATA-MODEL-TIME) fixed now, to print it
         cfg = cfg.replace(out=str(where))
     result = train(cfg, resume=args.resume, overrides=overrides, extra_callbacks=[AnnounceRunDir(where)])
     if is_main_process():
@@ -511,11 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("lr-find", "learning-rate range test: prints a suggested LR and saves the plot")
     add_train_options(p)
     p.add_argument("--out", dest="out_dir", type=new_path, default="lr_find", help="folder for the plot")
-    p.add_argument("--start-lr", type=number(float, "start_lr", 0, low_open=True), default=1e-6,
+    p.add_argument("--start-lr", type=number(float, "start_lr", 0, low_open=True), default=LR_FIND_START,
                    help="the smallest LR tried")
-    p.add_argument("--end-lr", type=number(float, "end_lr", 0, low_open=True), default=10.0,
+    p.add_argument("--end-lr", type=number(float, "end_lr", 0, low_open=True), default=LR_FIND_END,
                    help="the largest LR tried")
-    p.add_argument("--steps", type=number(int, "steps", 2), default=100, help="training steps, one LR each")
+    p.add_argument("--steps", type=number(int, "steps", 2), default=LR_FIND_STEPS, help="training steps, one LR each")
     p.set_defaults(func=_cmd_lr_find)
 
     p = command("export", "export a checkpoint to ONNX, verified against torch")

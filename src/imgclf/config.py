@@ -13,6 +13,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from imgclf.defaults import (
+    BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED_MODEL,
+    DEFAULT_WEIGHT_DECAY,
+    FINETUNE_CPU_BATCH_SIZE,
+    FINETUNE_LR,
+    FINETUNE_OPTIMIZER,
+    LOW_RES_SCALE,
+    LOW_RES_SHARE,
+    NUM_WORKERS,
+    PHOTO_CROP_FRACTION,
+    SCRATCH_CPU_BATCH_SIZE,
+    SCRATCH_CPU_LR,
+    SCRATCH_OPTIMIZER,
+    SIZING_MIN_EPOCHS,
+    SIZING_WIDTHS,
+    STAGED_UNFREEZE_GROUPS,
+)
 from imgclf.errors import UserError
 from imgclf.fileio import write_text
 from imgclf.yamlio import read_mapping
@@ -78,7 +99,7 @@ class TrainConfig:
     early_stop_patience: int | None = None
     early_stop_min_delta: float = 0.0
     loader: str = "auto"  # memory | stream | auto (memory unless the decoded images would take over 1/4 of RAM)
-    num_workers: int = 2
+    num_workers: int = NUM_WORKERS
     sync_bn: bool = False
     tta: bool = False  # test-time augmentation (mirror, 1-px shifts) for the final evaluation
     speedrun: str | None = None  # fast | long: train with the CIFAR speed-run engine (--recipe speedrun)
@@ -114,8 +135,6 @@ class TrainConfig:
 
 
 FIELD_NAMES = {f.name for f in fields(TrainConfig)}
-DEFAULT_MODEL = "fastcnn"
-DEFAULT_PRETRAINED_MODEL = "efficientnet_lite2"  # what --pretrained alone fine-tunes (as --recipe finetune)
 
 
 def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -234,25 +253,7 @@ def checkpoint_interval(value: str | int | None, source: str = "config") -> tupl
 # Every default that depends on the data or the machine is decided here and nowhere else; the result is what
 # RUN_DIR/config.yaml records, so a rerun from it (or a resume) needs no second guess.
 
-DEFAULT_EPOCHS = 10
-SIZING_WIDTHS = (1.0, 0.75, 0.5)  # from-scratch widths a time-budgeted CPU run may choose between, widest first
-SIZING_MIN_EPOCHS = 6  # fastcnn on a bf16 CPU fits 7.7 epochs of CIFAR-10 in 180 s at width 1 (83.6 %)
-BATCH_SIZE = 256
-# Small images from scratch on a CPU (CIFAR-10 in 150 s, fastcnn, bf16 EPYC, test accuracy with TTA, one seed):
-# batches of 128 train as many images a second as 256, so twice the steps an epoch (87.0 vs 85.7 %; 64: 86.9 %),
-# and take a higher LR (0.2: 87.2 %); the first half of a budget at 24 px fits more epochs (with both: 87.6 %;
-# benchmarks/cpu_recipe.py, 3 seeds: median 87.5 vs 85.8 %).
-SCRATCH_CPU_BATCH_SIZE, SCRATCH_CPU_LR = 128, 0.2
-LOW_RES_SHARE = 0.5
-LOW_RES_SCALE = 0.75  # the side --low-res trains at, as a share of the input's
-FINETUNE_CPU_BATCH_SIZE = 32  # EfficientNet-Lite0 at 128 px on 2 cores trains at 75 img/s in 1.7 GB at batch 32,
-                              # 35 in 7.5 GB at 256 (big activations cost page faults)
-SCRATCH_OPTIMIZER, FINETUNE_OPTIMIZER = "sgd", "adamw"
-DEFAULT_LR = {"sgd": 0.1, "adamw": 2e-3}
-FINETUNE_LR = 1e-3  # AdamW, the head's; the backbone's groups get less (see training/finetune.py)
-DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
-STAGED_UNFREEZE_GROUPS = 2  # staged fine-tuning without a time budget: the two layer groups nearest the head
-PHOTO_CROP_FRACTION = 0.875
+# the constants it applies, each with its evidence, are in imgclf/defaults.py
 
 
 def resolve_strategy(cfg: TrainConfig) -> str:
@@ -285,6 +286,16 @@ def data_input_size(cfg: TrainConfig) -> int | None:
 
         return model_entry(cfg.model).default_image_size
     return None
+
+
+def load_data(cfg: TrainConfig) -> Splits:
+    """The splits a config trains on (`load_splits` with the config's data keys), decoded for the input size
+    it asks for before resolution."""
+    from imgclf.data import load_splits
+
+    return load_splits(cfg.data, data_dir=cfg.data_dir, image_size=data_input_size(cfg), val_fraction=cfg.val_fraction,
+                       seed=cfg.seed, subset=cfg.subset, train_fraction=cfg.train_fraction,
+                       stream={"stream": True, "memory": False}.get(cfg.loader))  # auto: None, decided by size
 
 
 def _input_size(cfg: TrainConfig, data_side: int) -> int:

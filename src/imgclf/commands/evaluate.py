@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.config import TrainConfig, data_input_size
-from imgclf.data import FileSet, ImageSet, load_data
+from imgclf.config import TrainConfig, data_input_size, load_data
+from imgclf.data import FileSet, ImageSet
 from imgclf.data.loaders import eval_batch_size, make_loader
 from imgclf.data.photos import PhotoSet, Preprocess
 from imgclf.data.sources import load_part

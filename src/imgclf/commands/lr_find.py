@@ -9,8 +9,8 @@ from typing import Any
 
 from torch import nn
 
-from imgclf.config import resolve
-from imgclf.data import load_data
+from imgclf.config import load_data, resolve
+from imgclf.defaults import LR_FIND_END, LR_FIND_START, LR_FIND_STEPS
 from imgclf.evaluation.lr_finder import lr_range_test
 from imgclf.fileio import atomic_file, write_json
 from imgclf.reporting import figures as figs
@@ -20,8 +20,8 @@ from imgclf.training.plan import optimizer_groups, plan_finetune
 from imgclf.training.run import model_for, train_loader_for
 
 
-def run_lr_find(cfg: Any, out: str | Path = "lr_find", start_lr: float = 1e-6, end_lr: float = 10.0,
-                steps: int = 100) -> dict[str, Any]:
+def run_lr_find(cfg: Any, out: str | Path = "lr_find", start_lr: float = LR_FIND_START,
+                end_lr: float = LR_FIND_END, steps: int = LR_FIND_STEPS) -> dict[str, Any]:
     """`imgclf lr-find`: the range test on the configured data and model, with the project's own loaders.
 
     Writes OUT/lr_find.png, OUT/lr_find.csv and OUT/lr_find.json; returns the suggestion and the paths.

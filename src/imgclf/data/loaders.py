@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 
 from imgclf.data.imageset import FileSet, ImageSet
 from imgclf.data.photos import PhotoDataset, PhotoSet, Preprocess, iterate_photos, seeded_batches
+from imgclf.defaults import EVAL_BATCH_SIZE, EVAL_CPU_MIN_BATCH, EVAL_CPU_PIXELS, NUM_WORKERS
 from imgclf.errors import UserError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -27,8 +28,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class BatchAugment:
     """Random translate (reflect padding), horizontal flip and cutout, each switchable, on a whole batch."""
 
-    crop_pad: int = 4
-    flip: bool = True
+    crop_pad: int  # no defaults here: config.resolve decides them from the data (digits get neither)
+    flip: bool
     cutout: int = 0
 
     @property
@@ -200,12 +201,13 @@ class PhotoLoader(_EpochSeeded):
 
 
 def eval_batch_size(input_size: int | None, device: torch.device | str) -> int:
-    """256 images on a GPU; on a CPU as many as hold the pixels of 256 at 32x32 (16 at 128 px, at least 8):
+    """EVAL_BATCH_SIZE images on a GPU; on a CPU as many as hold EVAL_CPU_PIXELS (256 at 32x32, 16 at 128 px,
+    at least EVAL_CPU_MIN_BATCH):
     big fp32 activations are mapped and unmapped by the allocator at every layer, and the page faults cost
     more than the batch saves (Lite0 at 128 px evaluated at 44 img/s with batches of 256)."""
     if torch.device(device).type == "cuda" or not input_size:
-        return 256
-    return max(8, min(256, 256 * 32 * 32 // (input_size * input_size)))
+        return EVAL_BATCH_SIZE
+    return max(EVAL_CPU_MIN_BATCH, min(EVAL_BATCH_SIZE, EVAL_CPU_PIXELS // (input_size * input_size)))
 
 
 def endless(loader: Iterable[Batch]) -> Iterator[Batch]:
@@ -226,7 +228,7 @@ def endless(loader: Iterable[Batch]) -> Iterator[Batch]:
 
 def make_loader(data: ImageSet | PhotoSet | FileSet, batch_size: int, device: torch.device | str, *, train: bool,
                 augment: BatchAugment | None = None, seed: int = 0, input_size: int | None = None,
-                channels_last: bool = True, num_workers: int = 2, preprocess: Preprocess | None = None,
+                channels_last: bool = True, num_workers: int = NUM_WORKERS, preprocess: Preprocess | None = None,
                 photo_augment: v2.Compose | None = None) -> TensorLoader | PhotoLoader:
     """The right loader for the data's form; training loaders shuffle, augment and drop a ragged last batch.
 

@@ -2,7 +2,7 @@
 
 Chosen by the data, not by a flag: a set whose images are all one small square (CIFAR's 32x32, digits'
 8x8) keeps the fast path of whole-batch augmentation (imgclf.data.loaders.TensorLoader); anything else
-is a photo set. Photos are decoded once at a working size (short side = input / CROP_FRACTION, so a
+is a photo set. Photos are decoded once at a working size (short side = input / PHOTO_CROP_FRACTION, so a
 training crop can come from anywhere in the photo) and then:
 
 - training: random-resized crop (ImageNet ranges), horizontal flip and an automatic policy
@@ -28,15 +28,15 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 
 from imgclf.data.decode import decode_image, printable_name
+from imgclf.defaults import PHOTO_CROP_FRACTION
 from imgclf.errors import UserError
 
-CROP_FRACTION = 0.875  # the standard ImageNet evaluation crop: 224 out of 256
 SMALL_SQUARE_MAX = 64  # a set of one square size up to this side takes the fast whole-batch path
 RESIZE_MODES = ("crop", "pad", "squash")
 POLICIES = ("trivial", "rand", "none")
 
 
-def working_side(input_size: int, crop_fraction: float = CROP_FRACTION) -> int:
+def working_side(input_size: int, crop_fraction: float = PHOTO_CROP_FRACTION) -> int:
     """The short side photos are decoded and cached at for a given model input size."""
     return math.ceil(input_size / crop_fraction)
 
@@ -62,7 +62,7 @@ class Preprocess:
 
     input_size: int
     resize: str = "crop"
-    crop_fraction: float = CROP_FRACTION
+    crop_fraction: float = PHOTO_CROP_FRACTION
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -79,7 +79,7 @@ class Preprocess:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Preprocess:
         return cls(int(values["input_size"]), str(values.get("resize", "crop")),
-                   float(values.get("crop_fraction", CROP_FRACTION)))
+                   float(values.get("crop_fraction", PHOTO_CROP_FRACTION)))
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> Preprocess:

@@ -10,7 +10,6 @@ import pickle
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,13 +18,10 @@ from imgclf.data.decode import CACHE_VERSION, decode_image, opens_as_image, prin
 from imgclf.data.imageset import FileSet, ImageSet, Splits, check_usable, stratified_split, thin_train
 from imgclf.data.listing import ARCHIVE_SUFFIXES, FolderTree, train_classes, walk_files
 from imgclf.data.photos import PhotoSet, is_small_square_set, working_side
+from imgclf.defaults import PHOTO_INPUT_SIZE
 from imgclf.errors import UserError
 from imgclf.fileio import write_text, write_with
 
-if TYPE_CHECKING:
-    from imgclf.config import TrainConfig
-
-DEFAULT_PHOTO_INPUT = 64  # photos from scratch when no --image-size is given: small nets train fast at 64 px
 SHOWN_NAMES = 5  # a warning names this many skipped files; Splits.skipped holds all of them
 BUNDLED = {"flowers-mini": "flowers_mini"}  # DATA name -> photo folder shipped under imgclf/datasets
 
@@ -222,7 +218,7 @@ def _decode_tree(path: Path, image_size: int | None, listing: CsvListing | None 
     the skipped (unreadable) members and the dropped classes. `listing`: a CSV's rows instead of the tree."""
     tree = listing or FolderTree(path)
     groups = tree.layout()
-    input_size = image_size or DEFAULT_PHOTO_INPUT
+    input_size = image_size or PHOTO_INPUT_SIZE
     side = working_side(input_size)
     members = [m for items in groups.values() for _, m in items]
     workers = max(2, os.cpu_count() or 2)
@@ -258,7 +254,7 @@ MEMORY_SHARE = 0.25  # the auto loader decodes into memory while the uint8 image
 def _too_big_for_memory(path: Path, image_size: int | None) -> bool:
     """Estimated from the file count and the input side (the default side for mixed sizes), before decoding."""
     count = sum(len(items) for items in FolderTree(path).layout().values())
-    side = working_side(image_size or DEFAULT_PHOTO_INPUT)
+    side = working_side(image_size or PHOTO_INPUT_SIZE)
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return count * side * side * 3 > MEMORY_SHARE * ram
 
@@ -273,7 +269,7 @@ def _folder_files(path: Path, image_size: int | None, val_fraction: float, seed:
     warn_unreadable(skipped, dropped)
     train_key = "train" if "train" in groups else ""
     index = {c: i for i, c in enumerate(classes)}
-    size = image_size or DEFAULT_PHOTO_INPUT
+    size = image_size or PHOTO_INPUT_SIZE
     parts = {s: FileSet([path / m for _, m in items], np.asarray([index[c] for c, _ in items], dtype=np.int64),
                         classes, size) for s, items in groups.items()}
     if "val" in parts:
@@ -318,14 +314,4 @@ def load_part(data: str, split: str, classes: list[str], image_size: int | None)
                         f"checkpoint's {len(classes)} classes ({', '.join(classes[:5])}...)")
     index = {c: i for i, c in enumerate(classes)}
     return FileSet([path / m for _, m in items], np.asarray([index[c] for c, _ in items], dtype=np.int64), classes,
-                   image_size or DEFAULT_PHOTO_INPUT)
-
-
-def load_data(cfg: TrainConfig) -> Splits:
-    """The splits a config trains on (`load_splits` with the config's data keys), decoded for the input size
-    it asks for before resolution."""
-    from imgclf.config import data_input_size
-
-    return load_splits(cfg.data, data_dir=cfg.data_dir, image_size=data_input_size(cfg), val_fraction=cfg.val_fraction,
-                       seed=cfg.seed, subset=cfg.subset, train_fraction=cfg.train_fraction,
-                       stream={"stream": True, "memory": False}.get(cfg.loader))  # auto: None, decided by size
+                   image_size or PHOTO_INPUT_SIZE)

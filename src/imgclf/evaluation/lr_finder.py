@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from imgclf.data.loaders import endless
+from imgclf.defaults import LR_FIND_END, LR_FIND_START, LR_FIND_STEPS
 from imgclf.errors import UserError
 from imgclf.runtime import plain_step
 
@@ -39,8 +40,9 @@ class LRFindResult:
 
 def lr_range_test(model: nn.Module, optimizer: torch.optim.Optimizer,
                   loader: Iterable[tuple[torch.Tensor, torch.Tensor]], *, criterion: nn.Module | None = None,
-                  start_lr: float = 1e-6, end_lr: float = 10.0, steps: int = 100, beta: float | None = None,
-                  diverge_factor: float = 4.0, amp_dtype: torch.dtype | None = None) -> LRFindResult:
+                  start_lr: float = LR_FIND_START, end_lr: float = LR_FIND_END, steps: int = LR_FIND_STEPS,
+                  beta: float | None = None, diverge_factor: float = 4.0,
+                  amp_dtype: torch.dtype | None = None) -> LRFindResult:
     """Sweep the LR from `start_lr` to `end_lr` over `steps` batches; restore everything afterwards.
 
     With several parameter groups (discriminative fine-tuning LRs) each group keeps its ratio to the

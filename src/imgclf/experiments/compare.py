@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.config import TrainConfig, resolve_strategy
+from imgclf.defaults import BUDGET_EPOCH_PASSES, BUDGET_RANGE, PLATEAU_MAX_EPOCHS
 from imgclf.errors import TrainingDiverged, UserError
 from imgclf.experiments.variants import (
     Plan,
@@ -31,9 +32,6 @@ from imgclf.fileio import write_json
 
 # Keys that change which images a run sees (and at what decoded size); runs that agree share one decode.
 _DATA_KEYS = ("data", "data_dir", "val_fraction", "seed", "loader")
-PLATEAU_MAX_EPOCHS = 200  # --early-stop N without --budget or --epochs: train until the plateau, within this
-BUDGET_EPOCH_PASSES = 10  # the derived budget pays for about this many forward passes over the training set
-BUDGET_RANGE = (60.0, 240.0)  # seconds per run: long enough to learn, short enough for 2 runs in 10 minutes
 
 
 def _decode_key(cfg: TrainConfig) -> tuple[Any, ...]:
@@ -89,7 +87,7 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
                 budget: float | None = None) -> dict[str, Any]:
     """Train every variant (at every fraction), write DIR/comparison.json, then render DIR/report.md and
     report.html from it."""
-    from imgclf.data import load_data
+    from imgclf.config import load_data
     from imgclf.models import build_model
     from imgclf.reporting.comparison import write_comparison_report
 

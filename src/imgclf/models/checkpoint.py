@@ -17,6 +17,16 @@ FORMAT = "imgclf-checkpoint-v2"  # v2: stateful callbacks' state (lr_schedule, .
 READABLE = (FORMAT, "imgclf-checkpoint-v1")  # whose weights, config and classes load (evaluate, predict, serve)
 
 
+def checkpoint_payload(model_state: dict[str, Any], cfg: TrainConfig, classes: list[str],
+                       preprocess: dict[str, Any] | None, **training_state: Any) -> dict[str, Any]:
+    """The one builder of a checkpoint dict, for every engine: what evaluate, predict, serve and export read
+    (format, weights, resolved config, classes, the evaluation view), plus `training_state` when it can be
+    resumed (optimizer, scaler, rng, trainer position, callbacks' state: see Trainer.state_dict)."""
+    view = {"input_size": preprocess["input_size"], "preprocess": preprocess} if preprocess else {}
+    return {"format": FORMAT, "model": model_state, "config": cfg.to_dict(), "classes": classes, **view,
+            **training_state}
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint; anything that is not one is a user error, not a traceback."""
     path = Path(path)

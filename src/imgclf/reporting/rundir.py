@@ -124,8 +124,7 @@ def split_images(config: dict[str, Any], split: str, labels: np.ndarray,
     The saved labels must match the split exactly, so a changed dataset can never put wrong images
     beside the predictions.
     """
-    from imgclf.config import FIELD_NAMES, from_dict
-    from imgclf.data import load_data
+    from imgclf.config import FIELD_NAMES, from_dict, load_data
     from imgclf.data.decode import decode_image
     from imgclf.data.imageset import FileSet
     from imgclf.data.photos import working_side

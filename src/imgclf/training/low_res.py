@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 
-from imgclf.config import LOW_RES_SCALE
+from imgclf.defaults import LOW_RES_SCALE
 from imgclf.training.callbacks import INPUTS, Callback
 
 if TYPE_CHECKING:

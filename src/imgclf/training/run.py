@@ -6,22 +6,22 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from imgclf.config import TrainConfig, checkpoint_interval, resolve
-from imgclf.data import Splits, load_data
+from imgclf.config import TrainConfig, checkpoint_interval, load_data, resolve
+from imgclf.data import Splits
 from imgclf.data.loaders import BatchAugment, endless, eval_batch_size, make_loader
 from imgclf.data.photos import Preprocess, train_transform
+from imgclf.defaults import RATE_PROBE_STEPS
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import SCORE_KEYS, loss_and_accuracy, predict_logits, summarize
-from imgclf.fileio import write_json, write_with
 from imgclf.models import build_model
 from imgclf.models.checkpoint import checkpoint_config, load_checkpoint
+from imgclf.rundir import RunDir, skipped_summary
 from imgclf.runtime import plain_step, resolve_amp, resolve_device, seed_everything
 from imgclf.training import callbacks as cb
 from imgclf.training import distributed
@@ -31,8 +31,6 @@ from imgclf.training.plan import optimizer_groups, plan_finetune
 from imgclf.training.staged import stage_head
 from imgclf.training.trainer import Trainer
 
-RATE_PROBE_STEPS = 3  # timed steps per width when a CPU run sizes its net (config.resolve)
-SKIPPED_LISTED = 50  # unreadable files named in metrics.json (all are counted)
 UNBOUNDED_EPOCHS = 1_000_000  # a time-budgeted run without --epochs stops on time alone
 # what --resume may change: where and how long it runs, never what it learns
 RESUME_OVERRIDABLE = {"epochs", "time_budget", "quiet", "device", "num_workers", "data", "data_dir", "out",
@@ -79,18 +77,6 @@ def eval_loader_for(cfg: TrainConfig, data: Any, device: torch.device) -> Any:
                        channels_last=cfg.channels_last, num_workers=cfg.num_workers, preprocess=preprocess_for(cfg))
 
 
-def new_run_dir(out: str | None, cfg: TrainConfig) -> Path:
-    """The run's folder, not yet created: nothing is written until the data and settings have been checked."""
-    if out is None:
-        stem = Path(cfg.data).name.split(".")[0] or "run"
-        out = f"runs/{stem}-{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = Path(out)
-    if (run_dir / "checkpoints" / "last.pt").exists():
-        raise UserError(f"{run_dir} already holds a run; pass --resume {run_dir}/checkpoints/last.pt "
-                        "or another --out")
-    return run_dir
-
-
 def resume_run(resume: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig, Path]:
     """Continue a checkpoint exactly: only where and how long it runs may change (RESUME_OVERRIDABLE);
     anything that would change what it learns is refused, and it writes only inside a run directory."""
@@ -107,7 +93,7 @@ def resume_run(resume: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], 
     path = Path(resume).resolve()
     home = path.parent.parent
     if overrides.get("out") and Path(overrides["out"]).resolve() != home:
-        return ckpt, cfg, new_run_dir(overrides["out"], cfg)
+        return ckpt, cfg, RunDir.new(overrides["out"], cfg).path
     if path.parent.name != "checkpoints" or not (home / "config.yaml").is_file():
         raise UserError(f"{resume} is not inside a run directory (RUN/checkpoints/last.pt); "
                         "pass --out NEW_DIR to continue it in a new run directory")
@@ -119,14 +105,11 @@ def resume_run(resume: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], 
 def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any] | None = None,
           extra_callbacks: list[cb.Callback] | None = None, splits: Splits | None = None) -> TrainResult:
     """Train per `cfg` (or continue `resume`) and write the run directory; returns its metrics.
+    Reads as: where -> data -> resolve (the plan) -> build -> fit -> write.
 
     `splits` lets a caller that trains several variants (compare) decode the data once.
     """
-    ckpt = None
-    if resume:
-        ckpt, cfg, run_dir = resume_run(resume, overrides or {})
-    else:
-        run_dir = new_run_dir(cfg.out, cfg)
+    ckpt, cfg, run_dir = resume_run(resume, overrides or {}) if resume else (None, cfg, RunDir.new(cfg.out, cfg).path)
     dist = distributed.setup(cfg)
     device = dist.device if dist.active else resolve_device(cfg.device)
     if cfg.speedrun and (cfg.logger != "none" or cfg.checkpoint_every != TrainConfig.checkpoint_every):
@@ -138,38 +121,98 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
 
         tensorboard = TensorBoardLogger(run_dir / "tensorboard")
     seed_everything(cfg.seed)
-    if splits is None:
-        splits = load_data(cfg)
-        if dist.is_main:  # identical images in two splits or under two labels: one line, about 0.3 s on CIFAR
-            from imgclf.evaluation.inspection import warn_exact_duplicates
-
-            warn_exact_duplicates(splits, cfg.data)
-    classes = splits.classes
-    if ckpt is not None and ckpt["classes"] != classes:
-        raise UserError(f"{resume}: trained on classes {ckpt['classes'][:3]}..., data has {classes[:3]}...")
-    if ckpt is None and dist.is_main and (cfg.class_weights, cfg.sampler) == ("none", "shuffle"):
-        warning = imbalance_warning(splits.train.labels, classes)
-        if warning:
-            print(warning, file=sys.stderr)
-    if cfg.speedrun:  # the speed engine: its own loop, the same run directory
+    splits = checked_data(cfg, splits, ckpt, dist.is_main)
+    if cfg.speedrun:  # the speed engine: its own loop, the same RunDir and checkpoint builder
         from imgclf.training.speedrun import train_speedrun
 
         cfg, metrics, model = train_speedrun(cfg, splits, run_dir, device)
         return TrainResult(run_dir, metrics, model, [], cfg)
-    # every default decided here (a resumed config is already resolved); a from-scratch CPU run under a
-    # budget times a few steps to size its net to this machine
-    cfg = resolve(cfg, splits, device, measure=lambda c: training_rate(c, splits.train, len(classes), device))
-    if "sizing" in cfg.extra and ckpt is None:
+    cfg = planned(cfg, splits, device, fresh=ckpt is None, announce=dist.is_main and not cfg.quiet)
+    callbacks = run_callbacks(cfg, RunDir(run_dir), dist.is_main, tensorboard) + (extra_callbacks or [])
+    trainer, extra = build_trainer(cfg, splits, device, dist, ckpt, callbacks)
+    if dist.is_main and not RunDir(run_dir).has_plan():  # a new run, or a resume moved by --out
+        RunDir(run_dir).write_plan(trainer.config, splits.classes)
+
+    started = time.perf_counter()
+    trainer.fit()
+    weights = deliver_best_weights(trainer, RunDir(run_dir))
+    if trainer.stop_reason and not cfg.quiet and dist.is_main:
+        print(f"imgclf: {trainer.stop_reason}", file=sys.stderr)
+    metrics = final_metrics(trainer, splits, device, run_dir, dist.is_main)
+    metrics["weights"] = weights  # which weights the final numbers (and the returned model) are: "raw" | "ema"
+    metrics["delivered_epoch"] = trainer.best_epoch or trainer.epoch  # best.pt's: what the numbers describe
+    if extra.get("staged"):  # the head phase ran before the Trainer's clock: count it as training time
+        metrics["staged"] = extra["staged"]
+        metrics["train_seconds"] = round(metrics["train_seconds"] + extra["staged"].get("seconds", 0.0), 3)
+    streamed = [name for loader in (trainer.train_loader, trainer.val_loader)
+                for name in getattr(loader, "unreadable", [])]
+    metrics["skipped_files"] = skipped_summary(splits, streamed)
+    metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
+    metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+    if dist.is_main:
+        RunDir(run_dir).write_metrics(metrics)
+    dist.teardown()
+    return TrainResult(run_dir, metrics, trainer.model, trainer.history, trainer.config)
+
+
+def checked_data(cfg: TrainConfig, splits: Splits | None, ckpt: dict[str, Any] | None, is_main: bool) -> Splits:
+    """The run's splits (decoded unless a caller passes them), with what a user should know about them said
+    once: exact duplicates across splits, classes that differ from a resumed checkpoint's, imbalance."""
+    if splits is None:
+        splits = load_data(cfg)
+        if is_main:  # identical images in two splits or under two labels: one line, about 0.3 s on CIFAR
+            from imgclf.evaluation.inspection import warn_exact_duplicates
+
+            warn_exact_duplicates(splits, cfg.data)
+    if ckpt is not None and ckpt["classes"] != splits.classes:
+        raise UserError(f"the checkpoint was trained on classes {ckpt['classes'][:3]}..., the data has "
+                        f"{splits.classes[:3]}...")
+    if ckpt is None and is_main and (cfg.class_weights, cfg.sampler) == ("none", "shuffle"):
+        warning = imbalance_warning(splits.train.labels, splits.classes)
+        if warning:
+            print(warning, file=sys.stderr)
+    return splits
+
+
+def planned(cfg: TrainConfig, splits: Splits, device: torch.device, fresh: bool, announce: bool) -> TrainConfig:
+    """config.resolve with this machine's measured training rate (a from-scratch CPU run under a budget sizes
+    its net by it); a resumed config is already resolved and comes back unchanged."""
+    cfg = resolve(cfg, splits, device,
+                  measure=lambda c: training_rate(c, splits.train, len(splits.classes), device))
+    if "sizing" in cfg.extra and fresh:
         seed_everything(cfg.seed)  # the probes drew random numbers: the run starts as an explicit --width would
-        if dist.is_main and not cfg.quiet:
+        if announce:
             s = cfg.extra["sizing"]
             print(f"imgclf: sized for this CPU: width {s['width']} ({s['why']}; measured img/s by width: "
                   f"{s['images_per_second_by_width']})", file=sys.stderr)
-    amp_dtype = resolve_amp(cfg, device)
+    return cfg
 
-    model = model_for(cfg, len(classes), device)
+
+def run_callbacks(cfg: TrainConfig, run: RunDir, is_main: bool, tensorboard: cb.Callback | None) -> list[cb.Callback]:
+    """The shipped callbacks a run's plan asks for (their `order` sets when each fires)."""
+    callbacks: list[cb.Callback] = [cb.NaNGuard()]
+    if cfg.time_budget:
+        callbacks.append(cb.TimeBudget())
+    if cfg.early_stop_patience:
+        callbacks.append(cb.EarlyStopping(cfg.early_stop_patience, cfg.early_stop_min_delta))
+    if is_main:
+        # the per-step logs (written out by the Checkpointer just before each save: a resume trims what runs
+        # ahead of last.pt), then the checkpoint, then history.csv, which never shows an epoch last.pt lacks
+        logs = [cb.LRMonitor(run.path / "lr_schedule.csv"), *([tensorboard] if tensorboard else [])]
+        every_steps, every_seconds = checkpoint_interval(cfg.checkpoint_every)
+        callbacks += [*logs, cb.Checkpointer(run.checkpoints, every_steps, every_seconds,
+                                             before_save=[log.write for log in logs]),
+                      cb.HistoryCSV(run.path / "history.csv"), cb.ProgressBar(False if cfg.quiet else None)]
+    return callbacks
+
+
+def build_trainer(cfg: TrainConfig, splits: Splits, device: torch.device, dist: Any, ckpt: dict[str, Any] | None,
+                  callbacks: list[cb.Callback]) -> tuple[Trainer, dict[str, Any]]:
+    """Model, loaders, the staged head phase (fine-tuning), optimizer groups and the Trainer, restored from
+    `ckpt` when resuming; also the checkpoint's extra entries (the evaluation view, the head phase's plan)."""
+    amp_dtype = resolve_amp(cfg, device)
+    model = model_for(cfg, len(splits.classes), device)
     train_loader = train_loader_for(cfg, splits.train, device)
-    val_loader = eval_loader_for(cfg, splits.val, device)
     extra: dict[str, Any] = {"input_size": cfg.image_size, "preprocess": preprocess_for(cfg).to_dict()}
     if cfg.strategy == "staged":
         extra["staged"] = ckpt["staged"] if ckpt is not None else None
@@ -177,7 +220,8 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
             # the clean view in a seeded random order: a head phase the budget cuts short still sees every class
             shuffled = splits.train.take(np.random.default_rng(cfg.seed).permutation(len(splits.train)))
             cfg, extra["staged"] = stage_head(model, cfg, eval_loader_for(cfg, shuffled, device), train_loader,
-                                              len(splits.train), amp_dtype, announce=dist.is_main and not cfg.quiet)
+                                              len(splits.train), amp_dtype,
+                                              announce=dist.is_main and not cfg.quiet)
     plan = plan_finetune(model, cfg)
     optimizer = build_optimizer(optimizer_groups(model, cfg, plan), cfg)
     train_model = dist.wrap(model, cfg, find_unused=plan is not None) if dist.active else model
@@ -185,57 +229,33 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
         train_model = torch.compile(train_model)
     if dist.active:
         train_loader.shard(dist.rank, dist.world_size)
-
-    callbacks: list[cb.Callback] = [cb.NaNGuard()]
-    if plan is not None:
-        callbacks.append(plan.callback)
-    if cfg.time_budget:
-        callbacks.append(cb.TimeBudget())
-    if cfg.early_stop_patience:
-        callbacks.append(cb.EarlyStopping(cfg.early_stop_patience, cfg.early_stop_min_delta))
-    if dist.is_main:
-        # the per-step logs (written out by the Checkpointer just before each save: a resume trims what runs
-        # ahead of last.pt), then the checkpoint, then history.csv, which never shows an epoch last.pt lacks
-        logs = [cb.LRMonitor(run_dir / "lr_schedule.csv"), *([tensorboard] if tensorboard else [])]
-        every_steps, every_seconds = checkpoint_interval(cfg.checkpoint_every)
-        callbacks += [*logs, cb.Checkpointer(run_dir / "checkpoints", every_steps, every_seconds,
-                                             before_save=[log.write for log in logs]),
-                      cb.HistoryCSV(run_dir / "history.csv"), cb.ProgressBar(False if cfg.quiet else None)]
-    callbacks += extra_callbacks or []
     head_seconds = (extra.get("staged") or {}).get("seconds", 0.0)  # ran before the Trainer's clock
-    trainer = Trainer(model, cfg, train_loader, val_loader, optimizer=optimizer,
-                      max_epochs=cfg.epochs or UNBOUNDED_EPOCHS, classes=classes, callbacks=callbacks,
+    trainer = Trainer(model, cfg, train_loader, eval_loader_for(cfg, splits.val, device), optimizer=optimizer,
+                      max_epochs=cfg.epochs or UNBOUNDED_EPOCHS, classes=splits.classes,
+                      callbacks=([plan.callback] if plan is not None else []) + callbacks,
                       amp_dtype=amp_dtype, train_model=train_model, is_main=dist.is_main,
                       agree=dist.agree if dist.active else None, checkpoint_extra=extra,
                       # the head phase may have used it all (a slow CPU): then the top trains one batch
                       time_budget=max(cfg.time_budget - head_seconds, 1e-3) if cfg.time_budget else None,
-                      criterion=criterion_for(cfg, splits.train.labels, len(classes)).to(device))
+                      criterion=criterion_for(cfg, splits.train.labels, len(splits.classes)).to(device))
     if ckpt is not None:
         if plan is not None:
             plan.prepare_resume(trainer, ckpt["trainer"]["epoch"])
         trainer.load_state_dict(ckpt)
-    if dist.is_main and not (run_dir / "config.yaml").is_file():  # a new run, or a resume moved by --out
-        cfg.to_yaml(run_dir / "config.yaml")
-        write_json(run_dir / "classes.json", classes)
+    return trainer, extra
 
-    started = time.perf_counter()
-    trainer.fit()
-    weights = trainer.adopt_better_weights()  # --ema: the averaged weights when they beat the raw ones
-    if trainer.stop_reason and not cfg.quiet and dist.is_main:
-        print(f"imgclf: {trainer.stop_reason}", file=sys.stderr)
-    metrics = final_metrics(trainer, splits, device, amp_dtype, run_dir, dist.is_main)
-    metrics["weights"] = weights  # which weights the final numbers (and the returned model) are: "raw" | "ema"
-    if extra.get("staged"):  # the head phase ran before the Trainer's clock: count it as training time
-        metrics["staged"] = extra["staged"]
-        metrics["train_seconds"] = round(metrics["train_seconds"] + head_seconds, 3)
-    streamed = [name for loader in (train_loader, val_loader) for name in getattr(loader, "unreadable", [])]
-    metrics["skipped_files"] = skipped_summary(splits, streamed)
-    metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
-    metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
-    if dist.is_main:
-        write_json(run_dir / "metrics.json", metrics)
-    dist.teardown()
-    return TrainResult(run_dir, metrics, model, trainer.history, cfg)
+
+def deliver_best_weights(trainer: Trainer, run: RunDir) -> str:
+    """After fit, the model holds what best.pt holds, so every figure the run reports (and the model it
+    returns) is that of the weights it delivers: the best epoch's when a later one scored lower (a small photo
+    set fine-tuned at a peak LR can fall 5 points and recover less), else the last epoch's, with --ema the
+    averaged weights where they won. Returns "raw" or "ema"."""
+    best = run.checkpoints / "best.pt"
+    if trainer.best_epoch and trainer.best_epoch != trainer.epoch and best.is_file():
+        saved = load_checkpoint(best)
+        trainer.model.load_state_dict(saved["model"])
+        return saved.get("weights", "raw")
+    return trainer.adopt_better_weights()  # --ema: the averaged weights when they beat the raw ones
 
 
 def training_rate(cfg: TrainConfig, data: Any, num_classes: int, device: torch.device) -> float:
@@ -257,23 +277,10 @@ def training_rate(cfg: TrainConfig, data: Any, num_classes: int, device: torch.d
     return images / max(elapsed, 1e-9)
 
 
-def save_predictions(run_dir: Path, split: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
-    """RUN_DIR/predictions_SPLIT.npz: the final logits and labels the report reads."""
-    write_with(run_dir / f"predictions_{split}.npz",
-               lambda f: np.savez(f, logits=logits.numpy(), labels=labels.numpy()))
-
-
-def skipped_summary(splits: Splits, streamed: list[str] | None = None) -> dict[str, Any]:
-    """metrics.json's record of the unreadable files left out (at listing, or met while streaming): all
-    counted, the first SKIPPED_LISTED named."""
-    names = sorted(set(splits.skipped) | set(streamed or []))
-    return {"count": len(names), "first": names[:SKIPPED_LISTED]}
-
-
-def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, amp_dtype: torch.dtype | None,
-                  run_dir: Path, is_main: bool) -> dict[str, Any]:
-    """Val and test numbers of the final weights; test logits saved for the report (test read only here)."""
-    cfg = trainer.config
+def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, run_dir: Path,
+                  is_main: bool) -> dict[str, Any]:
+    """Val and test numbers of the delivered weights; test logits saved for the report (test read only here)."""
+    cfg, amp_dtype = trainer.config, trainer.amp_dtype
     results: dict[str, Any] = {}
     for name in ("val", "test"):
         part = getattr(splits, name)
@@ -287,7 +294,7 @@ def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, amp_dt
             plain, _ = predict_logits(trainer.model, loader, amp_dtype=amp_dtype)
             results[name]["accuracy_without_tta"] = loss_and_accuracy(plain, labels)[1]
         if is_main:
-            save_predictions(run_dir, name, logits, labels)
+            RunDir(run_dir).save_predictions(name, logits, labels)
     images_seen = trainer.step * cfg.batch_size * cfg.accumulate
     return {
         "val_accuracy": results["val"]["accuracy"],

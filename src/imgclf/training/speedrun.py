@@ -394,11 +394,10 @@ def train_speedrun(cfg: TrainConfig, splits: Splits, run_dir: Path,
     like any other. Returns (resolved config, metrics, the [0, 1]-input model)."""
     from imgclf.data.photos import Preprocess
     from imgclf.evaluation.metrics import summarize
-    from imgclf.fileio import write_json
-    from imgclf.models.checkpoint import FORMAT
+    from imgclf.models.checkpoint import checkpoint_payload
     from imgclf.models.speednet import SpeedClassifier
+    from imgclf.rundir import RunDir, skipped_summary
     from imgclf.training.checkpoint import save_atomic
-    from imgclf.training.run import save_predictions, skipped_summary
 
     model_name = PRESET_MODELS[cfg.speedrun]
     if cfg.model != model_name:
@@ -423,8 +422,8 @@ def train_speedrun(cfg: TrainConfig, splits: Splits, run_dir: Path,
     cfg = cfg.replace(batch_size=speed.batch_size, image_size=size, width=cfg.width or 1.0, crop_fraction=1.0,
                       resize="crop", amp=amp is not None, strategy="scratch",
                       extra={**cfg.extra, "speedrun_config": config_dict(speed)})
-    write_json(run_dir / "classes.json", splits.classes)
-    cfg.to_yaml(run_dir / "config.yaml")
+    run = RunDir(run_dir)
+    run.write_plan(cfg, splits.classes)
     scores = {}
     for name in ("val", "test"):
         part = getattr(splits, name)
@@ -436,11 +435,11 @@ def train_speedrun(cfg: TrainConfig, splits: Splits, run_dir: Path,
         logits, labels = tta.float().cpu(), labels.cpu()
         scores[name] = summarize(logits, labels, splits.classes)
         scores[name]["accuracy_without_tta"] = (plain.argmax(1).cpu() == labels).float().mean().item()
-        save_predictions(run_dir, name, logits, labels)
+        run.save_predictions(name, logits, labels)
     model = SpeedClassifier(net).to(memory_format=torch.contiguous_format)
     preprocess = Preprocess(size, "crop", 1.0)
-    save_atomic({"format": FORMAT, "model": model.state_dict(), "config": cfg.to_dict(), "classes": splits.classes,
-                 "input_size": size, "preprocess": preprocess.to_dict()}, run_dir / "checkpoints" / "last.pt")
+    save_atomic(checkpoint_payload(model.state_dict(), cfg, splits.classes, preprocess.to_dict()),
+                run.last_checkpoint)
     test = scores.get("test")
     metrics = {
         "val_accuracy": scores["val"]["accuracy"], "test_accuracy": test["accuracy"] if test else None,
@@ -454,5 +453,5 @@ def train_speedrun(cfg: TrainConfig, splits: Splits, run_dir: Path,
         "per_class_test_accuracy": test["per_class_accuracy"] if test else None,
         "skipped_files": skipped_summary(splits),
     }
-    write_json(run_dir / "metrics.json", metrics)
+    run.write_metrics(metrics)
     return cfg, metrics, model.cpu()

@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from imgclf.config import TrainConfig
+from imgclf.defaults import NOMINAL_BUDGET_EPOCHS
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import loss_and_accuracy, macro_f1, predict_logits
+from imgclf.models.checkpoint import checkpoint_payload
 from imgclf.runtime import autocast
 from imgclf.training.accumulation import Batch, GradientAccumulation
 from imgclf.training.callbacks import Callback
@@ -201,7 +203,7 @@ class Trainer:
         if not self.config.warmup_epochs:
             return 0.0
         if self.time_budget and self.config.epochs is None:  # epochs unknown in advance: a share of time
-            return min(0.5, self.config.warmup_epochs / 10)
+            return min(0.5, self.config.warmup_epochs / NOMINAL_BUDGET_EPOCHS)
         return min(0.5, self.config.warmup_epochs / self.max_epochs)
 
     def _call(self, event: str, *args: Any) -> None:
@@ -225,17 +227,18 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rng_state(), "config": self.config.to_dict(),
-                "classes": self.classes,
-                "trainer": {"epoch": self.epoch, "step": self.step, "train_seconds": self.train_seconds,
+        extra = {k: v for k, v in self.checkpoint_extra.items() if k not in ("input_size", "preprocess")}
+        return checkpoint_payload(
+            self.model.state_dict(), self.config, self.classes, self.checkpoint_extra.get("preprocess"),
+            optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(), rng=rng_state(),
+            trainer= {"epoch": self.epoch, "step": self.step, "train_seconds": self.train_seconds,
                             "history": list(self.history), "best_val_acc": self.best_val_acc,
                             "best_epoch": self.best_epoch, "best_score": self.best_score, "batch": self.batch,
                             "epoch_sums": None if self.epoch_sums is None
                             else [s.to("cpu", copy=True) for s in self.epoch_sums[:2]] + [self.epoch_sums[2]]},
-                **({"best_weights": self.best_weights} if self.ema else {}),
-                **{c.state_key: c.state_dict() for c in self._stateful()},  # --ema's under "ema"
-                **self.checkpoint_extra}
+            **({"best_weights": self.best_weights} if self.ema else {}),
+            **{c.state_key: c.state_dict() for c in self._stateful()},  # --ema's under "ema"
+            **extra)
 
     def better_weights(self, row: dict[str, Any]) -> str:
         """"ema" when the averaged weights beat the raw ones on the monitored column of an epoch's row."""

@@ -1,0 +1,55 @@
+"""Every default imgclf decides, with the evidence for it: the plan's constants, in one place.
+
+`config.resolve` is the one step that applies them to a config (flags + data + machine -> the plan that
+config.yaml records); the layers below it (data, loaders, models, compare, the server's flags) take their
+fallbacks from here, so a number is never written twice. This module imports nothing of imgclf's: every layer
+may read it. Figures: 2 CPU cores of an AMD EPYC with AVX-512 and bf16 unless a line says otherwise.
+"""
+
+from __future__ import annotations
+
+# -- what to train -----------------------------------------------------------------------------------------------
+DEFAULT_MODEL = "fastcnn"
+DEFAULT_PRETRAINED_MODEL = "efficientnet_lite2"  # what --pretrained alone fine-tunes (as --recipe finetune)
+DEFAULT_EPOCHS = 10  # without --epochs or --time-budget
+NOMINAL_BUDGET_EPOCHS = 10  # a time-budgeted run without --epochs counts --warmup-epochs against this many
+
+# -- sizing a from-scratch net to a CPU under a time budget ------------------------------------------------------
+SIZING_WIDTHS = (1.0, 0.75, 0.5)  # from-scratch widths a time-budgeted CPU run may choose between, widest first
+SIZING_MIN_EPOCHS = 6  # fastcnn on a bf16 CPU fits 7.7 epochs of CIFAR-10 in 180 s at width 1 (83.6 %)
+RATE_PROBE_STEPS = 3  # timed steps per width when a CPU run sizes its net
+
+# -- batch size, optimizer, learning rate ------------------------------------------------------------------------
+BATCH_SIZE = 256
+# Small images from scratch on a CPU (CIFAR-10 in 150 s, fastcnn, bf16 EPYC, test accuracy with TTA, one seed):
+# batches of 128 train as many images a second as 256, so twice the steps an epoch (87.0 vs 85.7 %; 64: 86.9 %),
+# and take a higher LR (0.2: 87.2 %); the first half of a budget at 24 px fits more epochs (with both: 87.6 %;
+# benchmarks/cpu_recipe.py, 3 seeds: median 87.5 vs 85.8 %).
+SCRATCH_CPU_BATCH_SIZE, SCRATCH_CPU_LR = 128, 0.2
+LOW_RES_SHARE = 0.5
+LOW_RES_SCALE = 0.75  # the side --low-res trains at, as a share of the input's
+FINETUNE_CPU_BATCH_SIZE = 32  # EfficientNet-Lite0 at 128 px on 2 cores trains at 75 img/s in 1.7 GB at batch 32,
+                              # 35 in 7.5 GB at 256 (big activations cost page faults)
+SCRATCH_OPTIMIZER, FINETUNE_OPTIMIZER = "sgd", "adamw"
+DEFAULT_LR = {"sgd": 0.1, "adamw": 2e-3}
+FINETUNE_LR = 1e-3  # AdamW, the head's; the backbone's groups get less (see training/finetune.py)
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
+STAGED_UNFREEZE_GROUPS = 2  # staged fine-tuning without a time budget: the two layer groups nearest the head
+
+# -- input and evaluation view -----------------------------------------------------------------------------------
+PHOTO_INPUT_SIZE = 64  # photos from scratch when no --image-size is given: small nets train fast at 64 px
+PHOTO_CROP_FRACTION = 0.875  # the standard ImageNet evaluation crop of the short side: 224 out of 256
+
+# -- loaders -----------------------------------------------------------------------------------------------------
+NUM_WORKERS = 2  # photo decoding threads/processes beside the training step (2 cores)
+EVAL_BATCH_SIZE = 256  # on a GPU; a CPU evaluates as many images as hold the pixels of 256 at 32x32
+EVAL_CPU_PIXELS = 256 * 32 * 32
+EVAL_CPU_MIN_BATCH = 8
+
+# -- compare -----------------------------------------------------------------------------------------------------
+PLATEAU_MAX_EPOCHS = 200  # --early-stop N without --budget or --epochs: train until the plateau, within this
+BUDGET_EPOCH_PASSES = 10  # the derived budget pays for about this many forward passes over the training set
+BUDGET_RANGE = (60.0, 240.0)  # seconds per run: long enough to learn, short enough for 2 runs in 10 minutes
+
+# -- the LR range test (imgclf lr-find) --------------------------------------------------------------------------
+LR_FIND_START, LR_FIND_END, LR_FIND_STEPS = 1e-6, 10.0, 100
