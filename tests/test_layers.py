@@ -34,7 +34,6 @@ class _Payload:
 
 
 def test_checkpoints_load_without_running_pickled_code(tmp_path: Path, checkpoint: Path) -> None:
-    import pytest
     import torch
 
     from imgclf.errors import UserError
@@ -61,10 +60,6 @@ def test_checkpoints_load_without_running_pickled_code(tmp_path: Path, checkpoin
 SRC = Path(__file__).resolve().parents[1] / "src"
 LIBRARY = "imgclf.evaluation"  # a library: imports none of the layers that use it
 ABOVE_LIBRARY = ("imgclf.training", "imgclf.inference", "imgclf.reporting", "imgclf.commands")
-# the cycles left in files another change owns (training/run.py imports speedrun inside `train`, speedrun.py
-# imports run's save_predictions and skipped_summary inside a function): named here so the tests say what
-# remains and catch any new one; empty once they are broken
-KNOWN_CYCLES: list[list[str]] = [["imgclf.training.run", "imgclf.training.speedrun"]]
 
 
 def _modules() -> dict[str, Path]:
@@ -192,8 +187,6 @@ def test_import_graph_reads_every_kind_of_import() -> None:
     assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set()}) == [["a", "b", "c"]]
 
 
-@pytest.mark.xfail(bool(KNOWN_CYCLES), strict=False,
-                   reason=f"cycles in files another change owns: {KNOWN_CYCLES}")
 def test_no_import_cycles() -> None:
     """Layers only point down: no two imgclf modules import each other, directly or around a loop, counting
     imports inside functions (only `if TYPE_CHECKING:` blocks, which never run, are left out)."""
@@ -204,12 +197,6 @@ def test_no_import_cycles() -> None:
     for a, b in package_cycles(graph):
         print("package cycle", a, b)
     assert cycles == [], cycles
-
-
-def test_no_import_cycles_beyond_the_known_ones() -> None:
-    """Until the known cycles are broken, no other may appear (the xfail above would hide it)."""
-    cycles = strongly_connected(import_graph())
-    assert [c for c in cycles if c not in KNOWN_CYCLES] == [], cycles
 
 
 def test_evaluation_imports_no_layer_above_it() -> None:
