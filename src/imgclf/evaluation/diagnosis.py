@@ -78,20 +78,46 @@ def _pts(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def diagnose(history: list[dict[str, Any]], config: dict[str, Any] | None = None) -> Diagnosis:
-    """Verdict on a run from its per-epoch history (train/val loss and accuracy as fractions).
+@dataclass(frozen=True)
+class _Curves:
+    """The history's columns and the summary numbers the verdict rules read, computed once so each rule stays short."""
 
-    `config` (the run's config.yaml as a dict) only sharpens the advice: it lets the next steps name
-    concrete values, such as doubling the current weight decay.
-    """
-    config = config or {}
+    train_acc: np.ndarray
+    val_acc: np.ndarray
+    val_loss: np.ndarray
+    epochs: list[int]
+    n: int
+    final_gap: float
+    gap_growth: float
+    best_val_i: int
+    min_loss_i: int
+    min_val_loss: float
+    loss_rise: float
+    k: int  # the last stretch of epochs whose slope says "still learning"
+    train_slope: float
+    val_slope: float
+    val_drop: float
+    train_loss_fell_after: bool
+
+    def numbers(self) -> dict[str, Any]:
+        """The figures behind the verdict, for reports and JSON (fractions; epochs as numbered in history)."""
+        return {
+            "epochs": self.n, "final_train_acc": float(self.train_acc[-1]), "final_val_acc": float(self.val_acc[-1]),
+            "final_gap": self.final_gap, "gap_growth": self.gap_growth,
+            "best_val_acc": float(self.val_acc[self.best_val_i]), "best_val_epoch": self.epochs[self.best_val_i],
+            "min_val_loss": self.min_val_loss, "min_val_loss_epoch": self.epochs[self.min_loss_i],
+            "val_loss_rise": self.loss_rise, "train_acc_slope": self.train_slope, "val_acc_slope": self.val_slope,
+        }
+
+
+def _measure(history: list[dict[str, Any]]) -> _Curves | None:
+    """Summarize the curves, or None when there is no finite train and val accuracy to judge (nan-argmax would fail)."""
     train_acc, val_acc = _column(history, "train_acc"), _column(history, "val_acc")
     train_loss, val_loss = _column(history, "train_loss"), _column(history, "val_loss")
     epochs = [int(r.get("epoch", i + 1)) for i, r in enumerate(history)]
     n = len(history)
     if n == 0 or not np.isfinite(train_acc).any() or not np.isfinite(val_acc).any():
-        return Diagnosis("unknown", "No usable training history, so there is nothing to diagnose.",
-                         next_steps=["Check that the run finished at least one epoch (history.csv)."])
+        return None
 
     gap = train_acc - val_acc
     final_gap = float(gap[-1])
@@ -100,85 +126,121 @@ def diagnose(history: list[dict[str, Any]], config: dict[str, Any] | None = None
     min_val_loss = float(val_loss[min_loss_i]) if np.isfinite(val_loss).any() else float("nan")
     loss_rise = (float(val_loss[-1]) - min_val_loss) / max(min_val_loss, 1e-8) if np.isfinite(min_val_loss) else 0.0
     smallest_gap = float(np.nanmin(gap))
-    gap_growth = final_gap - smallest_gap
-    k = max(1, min(3, n // 3))  # the last stretch of epochs whose slope says "still learning"
-    train_slope = float((train_acc[-1] - train_acc[-1 - k]) / k) if n > k else float("nan")
-    val_slope = float((val_acc[-1] - val_acc[-1 - k]) / k) if n > k else float("nan")
-    val_drop = float(val_acc[best_val_i] - val_acc[-1])
-    train_loss_fell_after = bool(n > min_loss_i + 1 and train_loss[-1] < train_loss[min_loss_i])
+    k = max(1, min(3, n // 3))
+    return _Curves(
+        train_acc=train_acc, val_acc=val_acc, val_loss=val_loss, epochs=epochs, n=n, final_gap=final_gap,
+        gap_growth=final_gap - smallest_gap, best_val_i=best_val_i, min_loss_i=min_loss_i,
+        min_val_loss=min_val_loss, loss_rise=loss_rise, k=k,
+        train_slope=float((train_acc[-1] - train_acc[-1 - k]) / k) if n > k else float("nan"),
+        val_slope=float((val_acc[-1] - val_acc[-1 - k]) / k) if n > k else float("nan"),
+        val_drop=float(val_acc[best_val_i] - val_acc[-1]),
+        train_loss_fell_after=bool(n > min_loss_i + 1 and train_loss[-1] < train_loss[min_loss_i]),
+    )
 
-    numbers = {
-        "epochs": n, "final_train_acc": float(train_acc[-1]), "final_val_acc": float(val_acc[-1]),
-        "final_gap": final_gap, "gap_growth": gap_growth, "best_val_acc": float(val_acc[best_val_i]),
-        "best_val_epoch": epochs[best_val_i], "min_val_loss": min_val_loss, "min_val_loss_epoch": epochs[min_loss_i],
-        "val_loss_rise": loss_rise, "train_acc_slope": train_slope, "val_acc_slope": val_slope,
-    }
 
-    turned_up = (min_loss_i < n - 1 and loss_rise > VAL_LOSS_RISE and float(val_loss[-1]) - min_val_loss > 0.02
-                 and train_loss_fell_after)
-    gap_growing = gap_growth > GAP_GROWTH and final_gap > GAP_WORRY
-    acc_fell = val_drop > VAL_ACC_DROP and best_val_i < n - 1
+def diagnose(history: list[dict[str, Any]], config: dict[str, Any] | None = None) -> Diagnosis:
+    """Verdict on a run from its per-epoch history (train/val loss and accuracy as fractions).
+
+    `config` (the run's config.yaml as a dict) only sharpens the advice: it lets the next steps name
+    concrete values, such as doubling the current weight decay.
+    """
+    config = config or {}
+    c = _measure(history)
+    if c is None:
+        return Diagnosis("unknown", "No usable training history, so there is nothing to diagnose.",
+                         next_steps=["Check that the run finished at least one epoch (history.csv)."])
+    # Overfitting is checked first: a run that overfits may also still be climbing on the training images.
+    overfit = _diagnose_overfit(c, config)
+    if overfit is not None:
+        return overfit
+    underfit = _diagnose_underfit(c, config)
+    if underfit is not None:
+        return underfit
+    return _diagnose_well_fit(c, config)
+
+
+def _diagnose_overfit(c: _Curves, config: dict[str, Any]) -> Diagnosis | None:
+    """The overfitting verdict when val loss turned up, the gap is big or growing, or val accuracy fell; else None."""
+    n, epochs, val_loss, min_val_loss = c.n, c.epochs, c.val_loss, c.min_val_loss
+    turned_up = (c.min_loss_i < n - 1 and c.loss_rise > VAL_LOSS_RISE and float(val_loss[-1]) - min_val_loss > 0.02
+                 and c.train_loss_fell_after)
+    gap_growing = c.gap_growth > GAP_GROWTH and c.final_gap > GAP_WORRY
+    acc_fell = c.val_drop > VAL_ACC_DROP and c.best_val_i < n - 1
+    if not (turned_up or gap_growing or c.final_gap > BIG_GAP or acc_fell):
+        return None
     evidence: list[str] = []
     if turned_up:
-        evidence.append(f"Validation loss bottomed out at epoch {epochs[min_loss_i]} ({min_val_loss:.3f}) and then "
-                        f"rose {100 * loss_rise:.0f}% to {val_loss[-1]:.3f} while the training loss kept falling.")
-    if gap_growing or final_gap > BIG_GAP:
-        evidence.append(f"Train accuracy ends {_pts(final_gap)} points above validation accuracy "
-                        f"({_pts(train_acc[-1])}% vs {_pts(val_acc[-1])}%); the gap grew "
-                        f"{_pts(gap_growth)} points from its smallest.")
+        evidence.append(f"Validation loss bottomed out at epoch {epochs[c.min_loss_i]} ({min_val_loss:.3f}) and then "
+                        f"rose {100 * c.loss_rise:.0f}% to {val_loss[-1]:.3f} while the training loss kept falling.")
+    if gap_growing or c.final_gap > BIG_GAP:
+        evidence.append(f"Train accuracy ends {_pts(c.final_gap)} points above validation accuracy "
+                        f"({_pts(c.train_acc[-1])}% vs {_pts(c.val_acc[-1])}%); the gap grew "
+                        f"{_pts(c.gap_growth)} points from its smallest.")
     if acc_fell:
-        evidence.append(f"Validation accuracy peaked at {_pts(val_acc[best_val_i])}% in epoch {epochs[best_val_i]} "
-                        f"and ended {_pts(val_drop)} points lower.")
+        evidence.append(f"Validation accuracy peaked at {_pts(c.val_acc[c.best_val_i])}% in epoch "
+                        f"{epochs[c.best_val_i]} and ended {_pts(c.val_drop)} points lower.")
+    clear = (turned_up and gap_growing) or c.final_gap > BIG_GAP
+    severity = "clearly" if clear else "mildly"
+    stop_at = epochs[c.best_val_i] if acc_fell else epochs[c.min_loss_i] if turned_up else None
+    headline = (f"The model is {severity} overfitting: it keeps getting better on the training images "
+                f"but not on the validation images.")
+    return Diagnosis(OVERFIT, headline, evidence, _overfit_steps(config, n, stop_at), c.numbers(),
+                     turn_epoch=epochs[c.min_loss_i] if turned_up else None)
 
-    if turned_up or gap_growing or final_gap > BIG_GAP or acc_fell:
-        clear = (turned_up and gap_growing) or final_gap > BIG_GAP
-        severity = "clearly" if clear else "mildly"
-        stop_at = epochs[best_val_i] if acc_fell else epochs[min_loss_i] if turned_up else None
-        headline = (f"The model is {severity} overfitting: it keeps getting better on the training images "
-                    f"but not on the validation images.")
-        return Diagnosis(OVERFIT, headline, evidence, _overfit_steps(config, n, stop_at), numbers,
-                         turn_epoch=epochs[min_loss_i] if turned_up else None)
 
-    # Still learning: validation improving at the end, or training accuracy climbing while still low.
-    # Train accuracy that rises while validation is flat and high only widens the gap: not underfitting.
-    val_rising = np.isfinite(val_slope) and val_slope > STILL_RISING / 2 and val_acc[-1] >= val_acc[best_val_i] - 0.005
-    train_rising = np.isfinite(train_slope) and train_slope > STILL_RISING and train_acc[-1] < LOW_TRAIN_ACC
-    saturated = val_acc[-1] >= 0.995
+def _diagnose_underfit(c: _Curves, config: dict[str, Any]) -> Diagnosis | None:
+    """The underfitting verdict when accuracy was still climbing or train accuracy is low; else None.
+
+    Still learning means validation improving at the end, or training accuracy climbing while still low:
+    train accuracy that rises while validation is flat and high only widens the gap, which is not underfitting.
+    """
+    val_rising = (np.isfinite(c.val_slope) and c.val_slope > STILL_RISING / 2
+                  and c.val_acc[-1] >= c.val_acc[c.best_val_i] - 0.005)
+    train_rising = np.isfinite(c.train_slope) and c.train_slope > STILL_RISING and c.train_acc[-1] < LOW_TRAIN_ACC
+    saturated = c.val_acc[-1] >= 0.995
     rising = (val_rising or train_rising) and not saturated
-    low = train_acc[-1] < LOW_TRAIN_ACC and not saturated
-    if rising or low:
-        if rising:
-            evidence.append(f"Accuracy was still climbing at the end: train +{_pts(train_slope)} and val "
-                            f"+{_pts(val_slope)} points per epoch over the last {k} epoch(s).")
-        if low:
-            evidence.append(f"Train accuracy is only {_pts(train_acc[-1])}%: the model does not yet fit the "
-                            "images it is trained on.")
-        if final_gap < -0.01:
-            evidence.append(f"Validation accuracy is {_pts(-final_gap)} points above train accuracy (train accuracy is "
-                            "measured on augmented batches while the weights still move), so regularization is not "
-                            "what holds the model back.")
-        elif final_gap < 0.05:
-            evidence.append(f"The train/val gap is small ({_pts(final_gap)} points), so regularization is not "
-                            "what holds it back.")
-        else:
-            evidence.append(f"The train/val gap ({_pts(final_gap)} points) is not growing.")
-        if n < 3:
-            evidence.append(f"Only {n} epoch(s) ran, so the trend is uncertain.")
-        headline = ("The model is underfitting: it has not yet learned what the data can teach it"
-                    + (" and was still improving when training stopped." if rising else "."))
-        return Diagnosis(UNDERFIT, headline, evidence, _underfit_steps(config, n, bool(rising), bool(low)), numbers)
+    low = c.train_acc[-1] < LOW_TRAIN_ACC and not saturated
+    if not (rising or low):
+        return None
+    evidence: list[str] = []
+    if rising:
+        evidence.append(f"Accuracy was still climbing at the end: train +{_pts(c.train_slope)} and val "
+                        f"+{_pts(c.val_slope)} points per epoch over the last {c.k} epoch(s).")
+    if low:
+        evidence.append(f"Train accuracy is only {_pts(c.train_acc[-1])}%: the model does not yet fit the "
+                        "images it is trained on.")
+    evidence.append(_underfit_gap_evidence(c.final_gap))
+    if c.n < 3:
+        evidence.append(f"Only {c.n} epoch(s) ran, so the trend is uncertain.")
+    headline = ("The model is underfitting: it has not yet learned what the data can teach it"
+                + (" and was still improving when training stopped." if rising else "."))
+    return Diagnosis(UNDERFIT, headline, evidence, _underfit_steps(config, c.n, bool(rising), bool(low)), c.numbers())
 
-    evidence.append(f"Train and validation accuracy end {_pts(final_gap)} points apart "
-                    f"({_pts(train_acc[-1])}% vs {_pts(val_acc[-1])}%) and the curves have flattened.")
-    evidence.append(f"Validation accuracy is at or near its best ({_pts(val_acc[best_val_i])}% in epoch "
-                    f"{epochs[best_val_i]}), and validation loss did not turn up.")
+
+def _underfit_gap_evidence(final_gap: float) -> str:
+    """What the train/val gap says about an underfit run: a small or negative gap rules out too much regularization."""
+    if final_gap < -0.01:
+        return (f"Validation accuracy is {_pts(-final_gap)} points above train accuracy (train accuracy is "
+                "measured on augmented batches while the weights still move), so regularization is not "
+                "what holds the model back.")
+    if final_gap < 0.05:
+        return f"The train/val gap is small ({_pts(final_gap)} points), so regularization is not what holds it back."
+    return f"The train/val gap ({_pts(final_gap)} points) is not growing."
+
+
+def _diagnose_well_fit(c: _Curves, config: dict[str, Any]) -> Diagnosis:
+    """The verdict when neither rule fired: the curves agree and have flattened, so point past tuning."""
+    evidence = [f"Train and validation accuracy end {_pts(c.final_gap)} points apart "
+                f"({_pts(c.train_acc[-1])}% vs {_pts(c.val_acc[-1])}%) and the curves have flattened.",
+                f"Validation accuracy is at or near its best ({_pts(c.val_acc[c.best_val_i])}% in epoch "
+                f"{c.epochs[c.best_val_i]}), and validation loss did not turn up."]
     headline = "The run looks well fit: training and validation agree and both have levelled off."
     steps = ["Nothing is broken. Further gains come from more (or pretrained) knowledge rather than tuning: "
              "fine-tune a pretrained network (`--model efficientnet_lite0 --pretrained`), collect more data, "
              "or evaluate with flip test-time augmentation (`--tta`).",
              "A longer run with slightly stronger augmentation often adds a point or two"
              + (f": {_stronger_augmentation(config)}" if _stronger_augmentation(config) else ".")]
-    return Diagnosis(WELL_FIT, headline, evidence, steps, numbers)
+    return Diagnosis(WELL_FIT, headline, evidence, steps, c.numbers())
 
 
 def _stronger_augmentation(config: dict[str, Any]) -> str | None:

@@ -108,6 +108,93 @@ class FitResult:
         return self.images_seen / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
+@dataclass
+class _Pacer:
+    """Maps training progress to the learning rate and says when the time budget is spent.
+
+    Progress is the step fraction, or the elapsed fraction of the budget when that is larger, so the
+    schedule anneals in time whether the run ends by epoch count or by the budget.
+    """
+
+    schedule: Schedule
+    base_lr: float
+    total_steps: int
+    time_budget: float | None
+    step: int = 0  # optimizer steps taken so far, across epochs
+
+    def out_of_time(self, elapsed: float) -> bool:
+        return self.time_budget is not None and elapsed >= self.time_budget
+
+    def lr(self, elapsed: float) -> float:
+        progress = self.step / self.total_steps
+        if self.time_budget:
+            progress = max(progress, elapsed / self.time_budget)
+        return self.base_lr * self.schedule(min(progress, 1.0))
+
+
+@dataclass
+class _EpochTally:
+    """Running totals of one epoch's training batches, so the history row needs no second pass over the data."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    out_of_time: bool = False  # the budget ran out mid-epoch
+
+    def history_row(self, epoch: int, lr: float, seconds: float) -> dict[str, float]:
+        """The epoch's row of HISTORY_FIELDS; validation columns stay NaN until (unless) it is evaluated."""
+        return {"epoch": epoch, "train_loss": self.loss_sum / self.seen, "train_acc": self.correct / self.seen,
+                "val_loss": math.nan, "val_acc": math.nan, "lr": lr, "seconds": seconds}
+
+
+@dataclass
+class _BestEpoch:
+    """The best validation scores so far and a copy of their weights, restored when training ends."""
+
+    acc: float = -math.inf
+    loss: float = math.inf
+    state: dict[str, np.ndarray] | None = None
+
+    def update(self, row: dict[str, float], min_delta: float, model: Sequential) -> bool:
+        """Keep this epoch if val accuracy beat the best by more than `min_delta` (or tied it with lower loss)."""
+        improved = row["val_acc"] > self.acc + min_delta or (row["val_acc"] >= self.acc and row["val_loss"] < self.loss)
+        if improved:
+            self.acc, self.loss = row["val_acc"], row["val_loss"]
+            self.state = model.state_dict()
+        return improved
+
+
+def _train_epoch(model: Sequential, loss: Loss, optimizer: Optimizer, pacer: _Pacer, x_train: np.ndarray,
+                 y_train: np.ndarray, batch_size: int, rng: np.random.Generator, transform: Transform,
+                 result: FitResult) -> _EpochTally:
+    """One shuffled pass of optimizer steps, checking the budget before every step; adds its time to `result`.
+
+    The clock is read once per step plus once at each end of the epoch (tests drive the budget by that count).
+    """
+    model.train()
+    start = clock()
+    cpu_start = time.process_time()
+    tally = _EpochTally()
+    for idx in batches(len(y_train), batch_size, rng):
+        elapsed = result.train_seconds + clock() - start
+        if pacer.out_of_time(elapsed):
+            tally.out_of_time = True
+            break
+        optimizer.lr = pacer.lr(elapsed)
+        xb, yb = transform(x_train[idx]), y_train[idx]
+        logits = model.forward(xb)
+        batch_loss = loss.forward(logits, yb)
+        model.backward(loss.backward(), input_grad=False)
+        optimizer.step()
+        pacer.step += 1
+        tally.loss_sum += batch_loss * len(idx)
+        tally.correct += int(np.sum(logits.argmax(axis=1) == yb))
+        tally.seen += len(idx)
+    result.train_seconds += clock() - start
+    result.train_cpu_seconds += time.process_time() - cpu_start
+    return tally
+
+
 def fit(model: Sequential, loss: Loss, optimizer: Optimizer, x_train: np.ndarray, y_train: np.ndarray,
         x_val: np.ndarray | None = None, y_val: np.ndarray | None = None, *, epochs: int = 10,
         batch_size: int = 64, schedule: Schedule | str = "cosine", patience: int | None = None,
@@ -126,69 +213,34 @@ def fit(model: Sequential, loss: Loss, optimizer: Optimizer, x_train: np.ndarray
     transform = transform or _identity
     rng = np.random.default_rng(seed)
     has_val = x_val is not None and y_val is not None and len(y_val) > 0
-    n = len(y_train)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = epochs * steps_per_epoch
-    base_lr = optimizer.lr
+    pacer = _Pacer(schedule_fn, optimizer.lr, epochs * math.ceil(len(y_train) / batch_size), time_budget)
 
-    result = FitResult()
-    best_state: dict[str, np.ndarray] | None = None
-    best_acc, best_loss = -math.inf, math.inf
-    step = 0
-    out_of_time = False
+    result, best = FitResult(), _BestEpoch()
     for epoch in range(1, epochs + 1):
-        model.train()
-        start = clock()
-        cpu_start = time.process_time()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for idx in batches(n, batch_size, rng):
-            elapsed = result.train_seconds + clock() - start
-            if time_budget is not None and elapsed >= time_budget:
-                out_of_time = True
-                break
-            progress = step / total_steps
-            if time_budget:
-                progress = max(progress, elapsed / time_budget)
-            optimizer.lr = base_lr * schedule_fn(min(progress, 1.0))
-            xb, yb = transform(x_train[idx]), y_train[idx]
-            logits = model.forward(xb)
-            batch_loss = loss.forward(logits, yb)
-            model.backward(loss.backward(), input_grad=False)
-            optimizer.step()
-            step += 1
-            loss_sum += batch_loss * len(idx)
-            correct += int(np.sum(logits.argmax(axis=1) == yb))
-            seen += len(idx)
-        result.train_seconds += clock() - start
-        result.train_cpu_seconds += time.process_time() - cpu_start
-        if seen == 0:  # the budget ran out before this epoch took a step
+        tally = _train_epoch(model, loss, optimizer, pacer, x_train, y_train, batch_size, rng, transform, result)
+        if tally.seen == 0:  # the budget ran out before this epoch took a step
             result.stop_reason = "time_budget"
             break
-        result.images_seen += seen
+        result.images_seen += tally.seen
         result.epochs_run = epoch
-        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-               "val_loss": math.nan, "val_acc": math.nan, "lr": optimizer.lr, "seconds": result.train_seconds}
+        row = tally.history_row(epoch, optimizer.lr, result.train_seconds)
         if has_val:
             row["val_loss"], row["val_acc"] = evaluate(model, loss, x_val, y_val, eval_batch_size, transform)
-            improved = row["val_acc"] > best_acc + min_delta or (
-                row["val_acc"] >= best_acc and row["val_loss"] < best_loss)
-            if improved:
-                best_acc, best_loss = row["val_acc"], row["val_loss"]
-                best_state = model.state_dict()
+            if best.update(row, min_delta, model):
                 result.best_epoch = epoch
         else:
             result.best_epoch = epoch
         result.history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if out_of_time:
+        if tally.out_of_time:
             result.stop_reason = "time_budget"
             break
         if has_val and patience and epoch - result.best_epoch >= patience:
             result.stop_reason = "early_stop"
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-        result.best_val_accuracy, result.best_val_loss = best_acc, best_loss
+    if best.state is not None:
+        model.load_state_dict(best.state)
+        result.best_val_accuracy, result.best_val_loss = best.acc, best.loss
     model.eval()
     return result
