@@ -193,9 +193,13 @@ def test_same_budget_by_default_or_until_the_plateau(tmp_path: Path, monkeypatch
     variants = tmp_path / "v.yaml"
     variants.write_text("small: {}\nwide:\n  width: 2.0\n")
     monkeypatch.setattr(compare, "BUDGET_RANGE", (3.0, 3.0))
+    # small data and a 3 s budget would be repeated by default (3 seeds); a 0 s wall for repeats keeps 1 here
+    monkeypatch.setattr(compare, "SEEDS_WALL_SECONDS", 0.0)
     base = _base(data).replace(epochs=None)
     timed = run_compare(base, tmp_path / "budget", variants_file=variants)
     assert timed["stopping"] == "budget" and timed["budget_seconds"] == 3.0
+    assert timed["seeds"] == [0] and "3 seeds of 2 runs at 3 s would take" in timed["seeds_reason"]
+    assert [r["name"] for r in timed["runs"]] == ["small", "wide"]
     for run in timed["runs"]:
         config = (Path(run["run_dir"]) / "config.yaml").read_text()
         assert "time_budget: 3.0" in config and run["train_seconds"] <= 3.0 + 2.0
@@ -203,7 +207,7 @@ def test_same_budget_by_default_or_until_the_plateau(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(compare, "PLATEAU_MAX_EPOCHS", 6)
     plateau = run_compare(base.replace(early_stop_patience=1, lr=1e-4), tmp_path / "plateau", variants_file=variants)
-    assert plateau["stopping"] == "plateau" and plateau["budget_seconds"] is None
+    assert plateau["stopping"] == "plateau" and plateau["budget_seconds"] is None and plateau["seeds"] == [0]
     assert all(r["epochs_run"] <= 6 for r in plateau["runs"])
     assert "until validation accuracy stopped improving" in (tmp_path / "plateau" / "report.md").read_text()
 

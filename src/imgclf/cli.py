@@ -338,7 +338,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     base = config_from_args(args)
     result = run_compare(base, out=args.out_dir, preset=args.preset, variants_file=args.variants,
-                         fractions=args.fractions, budget=args.budget)
+                         fractions=args.fractions, budget=args.budget, seeds=args.seeds)
     report = Path(args.out_dir) / "report.html"
     runs = [r["run_dir"] for r in result["runs"] if not r.get("error")]
     print(json.dumps({"out": str(args.out_dir), "report": str(report), "runs": runs,
@@ -504,6 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of training for each run (default: derived from the data and this machine, "
                    "printed; --epochs N for equal epochs, --early-stop N to train each until validation accuracy "
                    "stops improving)")
+    from imgclf.defaults import COMPARE_SEEDS, SEEDS_MAX_TRAIN_IMAGES, SEEDS_WALL_SECONDS
+
+    p.add_argument("--seeds", type=number(int, "seeds", 1, 100), metavar="N",
+                   help="train each variant N times (training seeds --seed .. --seed+N-1, the same split) and count "
+                   f"the spread in the verdict (default: {COMPARE_SEEDS} on up to {SEEDS_MAX_TRAIN_IMAGES:,} training "
+                   f"images when all runs fit in about {SEEDS_WALL_SECONDS / 60:g} minutes at the budget, else 1; "
+                   "printed)")
     p.set_defaults(func=_cmd_compare)
 
     p = command("report", "write RUN_DIR/report.html and report.md")

@@ -2,7 +2,10 @@
 
 One mechanism serves every study (experiments/variants.py): a preset (`transfer`: from scratch vs
 fine-tuning; `regularization`: each regularizer against none) or `--variants FILE.yaml`, and
-`--fractions` repeats every variant on stratified shares of the training set (a data-efficiency curve).
+`--fractions` repeats every variant on stratified shares of the training set (a data-efficiency curve);
+`--seeds N` trains each N times with different training seeds on the same split, and the verdict counts the
+spread over seeds beside the noise of the evaluation images. From each run's history the report fits a
+saturating curve of validation accuracy against training seconds and estimates 2x and 4x the budget.
 The data is decoded once per distinct decoding and handed to every run, and all runs are scored on
 the same validation and test images. Each run is a normal run directory under DIR/runs/; DIR/comparison.json
 holds the records and the verdict, and `reporting.comparison` renders DIR/report.md and report.html from them.
@@ -16,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.config import TrainConfig, resolve_strategy
-from imgclf.defaults import BUDGET_EPOCH_PASSES, BUDGET_RANGE, PLATEAU_MAX_EPOCHS
+from imgclf.defaults import (
+    BUDGET_EPOCH_PASSES,
+    BUDGET_RANGE,
+    COMPARE_SEEDS,
+    PLATEAU_MAX_EPOCHS,
+    RUN_OVERHEAD_SECONDS,
+    SEEDS_MAX_TRAIN_IMAGES,
+    SEEDS_WALL_SECONDS,
+)
 from imgclf.errors import TrainingDiverged, UserError
 from imgclf.experiments.variants import (
     Plan,
@@ -26,25 +37,46 @@ from imgclf.experiments.variants import (
     load_variants_file,
     parse_fractions,
     plan_runs,
+    split_seed,
 )
 from imgclf.experiments.verdict import comparison_verdict, gap_shares
 from imgclf.fileio import write_json
 
-# Keys that change which images a run sees (and at what decoded size); runs that agree share one decode.
-_DATA_KEYS = ("data", "data_dir", "val_fraction", "seed", "loader")
+# Keys that change which images a run sees (and at what decoded size); runs that agree share one decode. The
+# seed that splits the data is the split seed: repeats with other training seeds share their base run's split.
+_DATA_KEYS = ("data", "data_dir", "val_fraction", "loader")
 
 
 def _decode_key(cfg: TrainConfig) -> tuple[Any, ...]:
     from imgclf.config import data_input_size
 
-    return (*(getattr(cfg, k) for k in _DATA_KEYS), data_input_size(cfg))
+    return (*(getattr(cfg, k) for k in _DATA_KEYS), split_seed(cfg), data_input_size(cfg))
 
 
 def thin(splits: Any, cfg: TrainConfig) -> Any:
-    """The run's training set from shared splits: the same seeded per-class subset load_splits would take."""
+    """The run's training set from shared splits: the same seeded per-class subset load_splits would take
+    (seeded by the split seed, so every repeat of a variant trains on the same images)."""
     from imgclf.data.imageset import thin_train
 
-    return thin_train(splits, cfg.subset, cfg.train_fraction, cfg.seed)
+    return thin_train(splits, cfg.subset, cfg.train_fraction, split_seed(cfg))
+
+
+def default_seeds(train_images: int, runs: int, budget: float | None) -> tuple[int, str]:
+    """How many seeds a comparison trains without --seeds, and why: COMPARE_SEEDS on a training set of at most
+    SEEDS_MAX_TRAIN_IMAGES when a budget fixes each run's time and all `runs` x COMPARE_SEEDS runs fit in
+    SEEDS_WALL_SECONDS (RUN_OVERHEAD_SECONDS each beside the budget), else 1. The budget is never cut to make
+    room: a shorter run answers another question (on flowers-mini the derived 60 s is the floor of BUDGET_RANGE)."""
+    if budget is None:
+        return 1, "1 seed (no time budget, so the time of repeats is not known in advance; --seeds N to repeat)"
+    if train_images > SEEDS_MAX_TRAIN_IMAGES:
+        return 1, (f"1 seed ({train_images:,} training images: large enough that seeds vary little; --seeds N to "
+                   "measure it)")
+    total = runs * COMPARE_SEEDS * (budget + RUN_OVERHEAD_SECONDS)
+    if total > SEEDS_WALL_SECONDS:
+        return 1, (f"1 seed ({COMPARE_SEEDS} seeds of {runs} runs at {budget:g} s would take about "
+                   f"{total / 60:.0f} min; --seeds {COMPARE_SEEDS} to measure the spread anyway)")
+    return COMPARE_SEEDS, (f"{COMPARE_SEEDS} seeds (default on {train_images:,} training images: all "
+                           f"{runs * COMPARE_SEEDS} runs fit in about {total / 60:.0f} min)")
 
 
 def derived_budget(plans: list[Plan], shared: dict[tuple[Any, ...], Any]) -> float:
@@ -84,12 +116,13 @@ def _clean_train_accuracy(model: Any, train_set: Any, cfg: TrainConfig) -> float
 
 def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "transfer",
                 variants_file: str | Path | None = None, fractions: str | Sequence[float] | None = None,
-                budget: float | None = None) -> dict[str, Any]:
-    """Train every variant (at every fraction), write DIR/comparison.json, then render DIR/report.md and
-    report.html from it."""
+                budget: float | None = None, seeds: int | None = None) -> dict[str, Any]:
+    """Train every variant (at every fraction, `seeds` times), write DIR/comparison.json, then render
+    DIR/report.md and report.html from it. `seeds` None: `default_seeds` decides once the budget is known."""
     from imgclf.config import load_data
     from imgclf.models import build_model
-    from imgclf.reporting.comparison import write_comparison_report
+    from imgclf.reporting.comparison import summarize_seeds, write_comparison_report
+    from imgclf.reporting.curves import time_estimates
 
     out = Path(out)
     study = load_variants_file(variants_file) if variants_file else load_preset(preset or "transfer")
@@ -97,6 +130,8 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
     runs_dir = out / "runs"
     if runs_dir.is_dir() and any(runs_dir.glob("*/checkpoints/last.pt")):
         raise UserError(f"{out} already holds a comparison's runs; pass another --out or remove {runs_dir}")
+    if seeds is not None and seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
     plans = plan_runs(base_cfg, study.variants, out, fraction_list, budget, study.base_if_unset)
 
     shared: dict[tuple[Any, ...], Any] = {}
@@ -109,15 +144,21 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
         build_model(plan.cfg.model, len(shared[key].classes), pretrained=plan.cfg.pretrained,
                     weights=plan.cfg.weights, width=plan.cfg.width)
     until_plateau = bool(base_cfg.early_stop_patience) and budget is None and base_cfg.epochs is None
-    if until_plateau:  # each approach trains until its validation accuracy stops improving
-        plans = plan_runs(base_cfg.replace(epochs=PLATEAU_MAX_EPOCHS), study.variants, out, fraction_list, None,
-                          study.base_if_unset)
-    elif budget is None and base_cfg.epochs is None:
+    if not until_plateau and budget is None and base_cfg.epochs is None:
         budget = derived_budget(plans, shared)
         if not base_cfg.quiet:
             print(f"compare: {budget:.0f} s of training for each run (derived from the data and this machine; "
                   "--budget S or --epochs N to choose)", file=sys.stderr)
-        plans = plan_runs(base_cfg, study.variants, out, fraction_list, budget, study.base_if_unset)
+    if seeds is None:
+        train_images = max(len(thin(shared[_decode_key(p.cfg)], p.cfg).train) for p in plans)
+        seeds, seeds_reason = default_seeds(train_images, len(plans), None if until_plateau else budget)
+    else:
+        seeds_reason = f"{seeds} seed{'s' if seeds > 1 else ''} (--seeds {seeds})"
+    if not base_cfg.quiet:
+        print(f"compare: {seeds_reason}", file=sys.stderr)
+    # until the plateau: each approach trains until its validation accuracy stops improving, within a cap
+    plans = plan_runs(base_cfg.replace(epochs=PLATEAU_MAX_EPOCHS) if until_plateau else base_cfg, study.variants,
+                      out, fraction_list, budget, study.base_if_unset, seeds)
     first = shared[_decode_key(plans[0].cfg)]
     split = "test" if first.test is not None else "val"
 
@@ -126,13 +167,20 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
         raise UserError("every run of the comparison diverged; try a lower --lr or --grad-clip")
     if study.judge == "gap":
         gap_shares([r for r in records if not r.get("error")], study.reference)
+    ok = [r for r in records if not r.get("error")]
+    summary = summarize_seeds(ok, split)
+    full = max(r["train_fraction"] for r in ok)
     comparison = {"preset": study.name, "description": study.description, "judge": study.judge, "split": split,
                   "eval_images": len(first.test if split == "test" else first.val), "reference": study.reference,
                   "classes": list(first.classes), "budget_seconds": budget, "fractions": fraction_list,
                   "stopping": ("plateau" if until_plateau else "budget" if budget else "epochs"),
                   "early_stop_patience": base_cfg.early_stop_patience,
                   "max_epochs": PLATEAU_MAX_EPOCHS if until_plateau else None,
-                  "runs": [r for r in records if not r.get("error")] + [r for r in records if r.get("error")]}
+                  "seeds": sorted({p.cfg.seed for p in plans}), "seeds_reason": seeds_reason,
+                  "split_seed": split_seed(plans[0].cfg), "summary": summary,
+                  "estimates": time_estimates(out, [s for s in summary.values() if s["train_fraction"] == full],
+                                              budget),
+                  "runs": ok + [r for r in records if r.get("error")]}
     comparison["verdict"] = comparison_verdict(comparison, study.combined)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "comparison.json", comparison)
@@ -157,14 +205,15 @@ def _train_all(plans: list[Plan], shared: dict[tuple[Any, ...], Any], study: Stu
             result = train(plan.cfg, splits=splits)
         except TrainingDiverged as exc:
             print(f"compare: {plan.name} diverged and is left out: {exc}", file=sys.stderr)
-            records.append({"name": plan.name, "variant": plan.variant, "approach": approach,
-                            "train_fraction": plan.cfg.train_fraction, "val_accuracy": None, "test_accuracy": None,
+            records.append({"name": plan.name, "group": plan.group, "variant": plan.variant, "approach": approach,
+                            "seed": plan.cfg.seed, "train_fraction": plan.cfg.train_fraction, "val_accuracy": None,
+                            "test_accuracy": None,
                             "train_seconds": None, "run_dir": plan.cfg.out, "error": str(exc)})
             continue
         m = result.metrics
         record: dict[str, Any] = {
-            "name": plan.name, "variant": plan.variant, "approach": approach,
-            "train_fraction": plan.cfg.train_fraction, "val_accuracy": m["val_accuracy"],
+            "name": plan.name, "group": plan.group, "variant": plan.variant, "approach": approach,
+            "seed": plan.cfg.seed, "train_fraction": plan.cfg.train_fraction, "val_accuracy": m["val_accuracy"],
             "test_accuracy": m["test_accuracy"], "train_seconds": m["train_seconds"], "run_dir": str(result.run_dir),
             "model": plan.cfg.model, "pretrained": plan.cfg.pretrained, "train_images": len(splits.train),
             "epochs_run": m["epochs_run"], "images_per_second": m["images_per_second"],

@@ -120,16 +120,36 @@ def parse_fractions(fractions: str | Sequence[float] | None) -> list[float] | No
 
 @dataclass
 class Plan:
-    """One run to make: its directory name, the variant it belongs to, and its full config."""
+    """One run to make: its directory name, the variant it belongs to, and its full config.
+
+    `group` names the (variant, fraction) the run repeats: its name less any seed suffix; a comparison
+    with --seeds N trains N runs per group that differ only in their training seed.
+    """
 
     name: str
     variant: str
     cfg: TrainConfig
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        self.group = self.group or self.name
+
+
+def split_seed(cfg: TrainConfig) -> int:
+    """The seed that chose the run's validation split and training subset: the comparison's base seed,
+    kept in `extra` when a repeated run trains with another seed (so every repeat sees the same images)."""
+    return int(cfg.extra.get("split_seed", cfg.seed))
 
 
 def plan_runs(base: TrainConfig, variants: dict[str, dict[str, Any]], out: Path, fractions: list[float] | None,
-              budget: float | None, base_if_unset: dict[str, Any] | None = None) -> list[Plan]:
-    """Every (variant, fraction) config, validated before anything trains."""
+              budget: float | None, base_if_unset: dict[str, Any] | None = None, seeds: int = 1) -> list[Plan]:
+    """Every (variant, fraction, seed) config, validated before anything trains.
+
+    `seeds` > 1 repeats each (variant, fraction) with training seeds base.seed, base.seed + 1, ... (from the
+    variant's own seed where it sets one); the runs are named NAME_sSEED and record the first as
+    `extra.split_seed`: the validation split and any subset stay that seed's, only initialization, shuffling
+    and augmentation change.
+    """
     from imgclf.models import model_entry
 
     common: dict[str, Any] = {}
@@ -140,19 +160,27 @@ def plan_runs(base: TrainConfig, variants: dict[str, dict[str, Any]], out: Path,
         if budget <= 0:
             raise UserError(f"--budget must be a positive number of seconds, got {budget:g}")
         common["time_budget"] = float(budget)
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
     plans = []
     for fraction in fractions or [None]:
         for variant, overrides in variants.items():
-            name = variant if fraction is None else f"{variant}_f{fraction:g}"
+            group = variant if fraction is None else f"{variant}_f{fraction:g}"
             forced = {k: v for k, v in overrides.items() if k != IF_UNSET}
             soft = {k: v for k, v in overrides.get(IF_UNSET, {}).items() if getattr(base, k, None) is None}
-            changes = {**common, **soft, **forced, "out": str(out / "runs" / name)}
-            if fraction is not None:
-                changes["train_fraction"] = fraction
-            try:
-                cfg = base.replace(**changes)
-                model_entry(cfg.model)
-            except UserError as exc:
-                raise UserError(f"variant {variant!r}: {exc}") from None
-            plans.append(Plan(name, variant, cfg))
+            first = int(forced.get("seed", base.seed))  # a variant may fix its own seed
+            for seed in range(first, first + seeds):
+                name = group if seeds == 1 else f"{group}_s{seed}"
+                changes = {**common, **soft, **forced, "out": str(out / "runs" / name)}
+                if fraction is not None:
+                    changes["train_fraction"] = fraction
+                if seeds > 1:
+                    changes["seed"] = seed
+                    changes["extra"] = {**base.extra, **forced.get("extra", {}), "split_seed": first}
+                try:
+                    cfg = base.replace(**changes)
+                    model_entry(cfg.model)
+                except UserError as exc:
+                    raise UserError(f"variant {variant!r}: {exc}") from None
+                plans.append(Plan(name, variant, cfg, group))
     return plans

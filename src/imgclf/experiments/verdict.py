@@ -1,5 +1,8 @@
-"""A comparison's verdict in words: who wins and by how much against the noise of the evaluation set
-(`ranking`), or how much of the reference's train/val gap each variant closes (`gap`).
+"""A comparison's verdict in words: who wins and by how much against the noise (`ranking`), or how much of
+the reference's train/val gap each variant closes (`gap`).
+
+With --seeds N each variant ran N times; the verdict reads the means over seeds, and its standard error
+counts both the spread over seeds and the binomial noise of the evaluation images.
 
 The verdict is judged here, where the runs are made, and stored in comparison.json; the report only
 shows it.
@@ -11,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from imgclf.reporting.comparison import score
+from imgclf.reporting.comparison import score, summarize_seeds
 
 
 def _pts(x: float) -> str:
@@ -19,9 +22,10 @@ def _pts(x: float) -> str:
 
 
 def gap_shares(records: list[dict[str, Any]], reference: str) -> None:
-    """Add gap_closed (share of the reference's gap each variant removed) and test_gain, per fraction."""
-    for fraction in sorted({r["train_fraction"] for r in records}):
-        group = [r for r in records if r["train_fraction"] == fraction]
+    """Add gap_closed (share of the reference's gap each variant removed) and test_gain, per fraction, each
+    run against the reference's run with the same seed."""
+    for fraction, seed in sorted({(r["train_fraction"], r.get("seed") or 0) for r in records}):
+        group = [r for r in records if r["train_fraction"] == fraction and (r.get("seed") or 0) == seed]
         ref = next((r for r in group if r["variant"] == reference), None)
         if ref is None:
             continue
@@ -38,23 +42,50 @@ def _noise(a: float, b: float, n: int) -> float:
     return math.sqrt(a * (1 - a) / n + b * (1 - b) / n)
 
 
+def difference_se(win: dict[str, Any], lose: dict[str, Any], split: str, n_eval: int) -> float:
+    """Standard error of the difference of two seed means (summaries from `summarize_seeds`): the variance of
+    each mean over its seeds (std^2 / seeds; none with one seed) plus the binomial variance of the difference
+    of two accuracies on `n_eval` images, which repeating seeds on the same images does not average away."""
+    seed_var = sum((s["std"] or 0.0) ** 2 / s["runs"] for s in (win, lose) if s.get("std") is not None)
+    return math.sqrt(seed_var + _noise(score(win, split), score(lose, split), n_eval) ** 2)
+
+
+def seeds_phrase(summaries: Sequence[dict[str, Any]]) -> str:
+    """'3 seeds each', '3 and 2 seeds' (a run diverged), or '1 seed each'."""
+    counts = sorted({s["runs"] for s in summaries}, reverse=True)
+    if len(counts) == 1:
+        return f"{counts[0]} seed{'s' if counts[0] > 1 else ''} each"
+    return " and ".join(str(c) for c in counts) + " seeds"
+
+
 def verdict_text(records: list[dict[str, Any]], judge: str, reference: str, split: str, n_eval: int,
                  combined: Sequence[str] = ()) -> str:
     """A few plain sentences: who wins, by how much (against the noise of `n_eval` images), at what cost.
 
     `judge` is the study's (`ranking` or `gap`); `combined` names variants left out of "the best single one".
+    Runs that repeat a variant with other seeds are read as their mean (`summarize_seeds`).
     """
+    records = list(summarize_seeds(records, split).values())
+    repeated = max(r["runs"] for r in records) > 1
     if judge == "gap":
-        return _gap_verdict(records, reference, split, n_eval, combined)
+        text = _gap_verdict(records, reference, split, n_eval, combined)
+        return text + (f" Means over {seeds_phrase(records)}." if repeated else "")
     full = max(r["train_fraction"] for r in records)
     group = sorted([r for r in records if r["train_fraction"] == full], key=lambda r: -score(r, split))
     if len(group) < 2:
         r = group[0]
-        return f"Only one run ({r['name']}): {_pts(score(r, split))}% {split} accuracy in {r['train_seconds']:.0f} s."
+        return (f"Only one variant ({r['name']}): {_pts(score(r, split))}% {split} accuracy in "
+                f"{r['train_seconds']:.0f} s ({seeds_phrase(group)}).")
     win, lose = group[0], group[1]
     a, b = score(win, split), score(lose, split)
     diff = a - b
-    se = _noise(a, b, n_eval)
+    se = difference_se(win, lose, split, n_eval)
+    if repeated:
+        spread = " and ".join(f"±{_pts(r['std'])}" for r in (win, lose) if r["std"] is not None)
+        seeds = (f", means over {seeds_phrase(group)}" + (f" (spread {spread} points)" if spread else ""))
+        against = f"counting seed variance and the noise of {n_eval:,} {split} images"
+    else:
+        seeds, against = "", f"on {n_eval:,} images"
     speed = win["train_seconds"] / max(lose["train_seconds"], 1e-9)
     cost = (f"at {speed:.1f}x the training time ({win['train_seconds']:.0f} s vs {lose['train_seconds']:.0f} s)"
             if speed >= 1.1 else f"and it trained faster ({win['train_seconds']:.0f} s vs "
@@ -62,13 +93,13 @@ def verdict_text(records: list[dict[str, Any]], judge: str, reference: str, spli
     label = {"scratch": "from scratch", "finetune": "fine-tuned", "linear_probe": "as a linear probe"}
     if diff < 2 * se:
         text = (f"{win['variant']} and {lose['variant']} are within noise of each other: {_pts(a)}% vs {_pts(b)}% "
-                f"{split} accuracy, a {_pts(diff)}-point difference against a standard error of about {_pts(se)} "
-                f"points on {n_eval:,} images. They trained for {win['train_seconds']:.0f} s and "
+                f"{split} accuracy{seeds}, a {_pts(diff)}-point difference against a standard error of about "
+                f"{_pts(se)} points {against}. They trained for {win['train_seconds']:.0f} s and "
                 f"{lose['train_seconds']:.0f} s.")
     else:
         text = (f"{win['variant']} ({win['model']}, {label[win['approach']]}) wins: {_pts(a)}% {split} accuracy vs "
-                f"{_pts(b)}% for {lose['variant']} ({lose['model']}, {label[lose['approach']]}), "
-                f"+{_pts(diff)} points (about {diff / se:.0f} standard errors on {n_eval:,} images), {cost}.")
+                f"{_pts(b)}% for {lose['variant']} ({lose['model']}, {label[lose['approach']]}){seeds}, "
+                f"+{_pts(diff)} points (about {diff / se:.0f} standard errors {against}), {cost}.")
     if len(group) > 2:
         text += " Ranking: " + ", ".join(f"{r['variant']} {_pts(score(r, split))}%" for r in group) + "."
     fractions = sorted({r["train_fraction"] for r in records})
@@ -83,6 +114,8 @@ def verdict_text(records: list[dict[str, Any]], judge: str, reference: str, spli
         if beaten:
             text += (f" {best_low['variant']} on {100 * low:g}% of the data beats {beaten[0]['variant']} on "
                      f"{100 * full:g}%.")
+    if not repeated:
+        text += " 1 seed each: the spread over seeds is not measured (--seeds 3 measures it)."
     return text
 
 

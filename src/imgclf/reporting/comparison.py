@@ -28,6 +28,49 @@ def _pts(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+# Run fields that a seed summary holds as their mean over the group's runs (None where a run lacks one).
+_MEANS = ("val_accuracy", "test_accuracy", "train_seconds", "images_per_second", "train_accuracy", "train_val_gap",
+          "gap_closed", "test_gain", "epochs_run", "peak_rss_mb")
+
+
+def summarize_seeds(records: list[dict[str, Any]], split: str) -> dict[str, dict[str, Any]]:
+    """One summary per group (a variant at one training fraction, repeated over seeds), in the order the
+    groups first appear: the runs' `split` accuracy as `mean`, `std` (sample standard deviation, None with
+    one run: not measured), `min`, `max` and `values`; `seeds` and `runs` (how many); the variant's own
+    fields; and the mean of each other measurement, so a summary reads like a run record (`score` works on
+    it). Records without a `group` (older comparisons) are grouped by name and fraction; diverged runs are
+    skipped."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in records:
+        if not r.get("error"):
+            groups.setdefault((r.get("group") or r["name"], r["train_fraction"]), []).append(r)
+    summaries: dict[str, dict[str, Any]] = {}
+    for (name, fraction), runs in groups.items():
+        values = [score(r, split) for r in runs]
+        first = runs[0]
+        if name in summaries:  # records named by variant alone at two fractions
+            name = f"{first['variant']}_f{fraction:g}"
+        summary: dict[str, Any] = {
+            "name": name, "variant": first["variant"], "approach": first["approach"], "model": first.get("model"),
+            "train_fraction": first["train_fraction"], "train_images": first.get("train_images"),
+            "metric": f"{split}_accuracy", "runs": len(runs), "seeds": [r.get("seed") for r in runs],
+            "mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            "min": float(min(values)), "max": float(max(values)), "values": values,
+            "run_names": [r["name"] for r in runs],
+        }
+        for key in _MEANS:
+            present = [r[key] for r in runs if r.get(key) is not None]
+            summary[key] = float(np.mean(present)) if present else None
+        summaries[name] = summary
+    return summaries
+
+
+def seeds_text(comparison: dict[str, Any]) -> str:
+    """How often each variant ran: '3 seeds each' or '1 seed: spread not measured'."""
+    count = len(comparison.get("seeds") or [0])
+    return f"{count} seeds each" if count > 1 else "1 seed: spread not measured"
+
+
 def _history(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "history.csv"
     return read_history(path) if path.is_file() else []
@@ -58,6 +101,8 @@ def _budget_text(comparison: dict[str, Any], records: list[dict[str, Any]]) -> s
 
 def write_comparison_report(folder: str | Path) -> Path:
     """DIR/report.md and the self-contained DIR/report.html from DIR/comparison.json and DIR/runs/*."""
+    from imgclf.reporting import curves
+
     out = Path(folder)
     path = out / "comparison.json"
     try:
@@ -67,43 +112,102 @@ def write_comparison_report(folder: str | Path) -> Path:
     records = [r for r in comparison["runs"] if not r.get("error")]
     split = comparison["split"]
     gap = comparison.get("judge") == "gap"
+    summaries = summarize_seeds(records, split)
+    repeated = max(s["runs"] for s in summaries.values()) > 1
     doc = Document(f"Comparison: {comparison['preset']}", out,
-                   f"{len(records)} runs · evaluated on the {split} split · {_budget_text(comparison, records)}")
+                   f"{len(records)} runs · evaluated on the {split} split · {_budget_text(comparison, records)} · "
+                   f"{seeds_text(comparison)}")
     doc.callout(comparison["verdict"], "good")
     if comparison.get("description"):
         doc.note(comparison["description"])
     _runs_section(doc, comparison, records, gap)
+    _seeds_section(doc, comparison, list(summaries.values()), repeated)
 
     full = max(r["train_fraction"] for r in records)
-    main = [r for r in records if r["train_fraction"] == full]
-    labels = [r["variant"] for r in main]  # one run per variant at the full fraction
+    main = [s for s in summaries.values() if s["train_fraction"] == full]  # one summary per variant
+    labels = [s["variant"] for s in main]
+    what = "mean over seeds, " if repeated else ""
     doc.heading("Accuracy and cost")
-    doc.figure("accuracy", figs.accuracy_bars(labels, [r["test_accuracy"] for r in main],
-                                              [r["val_accuracy"] for r in main], split if split == "test" else "val"),
-               f"Final accuracy of each run on the {split} split (solid) and on validation (light).")
-    doc.figure("time", figs.time_bars(labels, [r["train_seconds"] for r in main],
-                                      [r["images_per_second"] for r in main]),
-               "Training seconds (excluding evaluation) and throughput: the price of each approach.")
+    doc.figure("accuracy", figs.accuracy_bars(labels, [s["test_accuracy"] for s in main],
+                                              [s["val_accuracy"] for s in main], split if split == "test" else "val"),
+               f"Final accuracy of each variant ({what}{split} split solid, validation light).")
+    doc.figure("time", figs.time_bars(labels, [s["train_seconds"] for s in main],
+                                      [s["images_per_second"] for s in main]),
+               f"Training seconds ({what}excluding evaluation) and throughput: the price of each approach.")
     if gap:
-        doc.figure("gap", figs.gap_bars(labels, [r["train_accuracy"] for r in main], [r["val_accuracy"] for r in main],
-                                        [r["test_accuracy"] for r in main]),
+        doc.figure("gap", figs.gap_bars(labels, [s["train_accuracy"] for s in main], [s["val_accuracy"] for s in main],
+                                        [s["test_accuracy"] for s in main]),
                    "Train accuracy is measured on the training images without augmentation, in eval mode, so the "
                    "gap is comparable across variants (history.csv's train accuracy is on augmented batches).")
     x = "seconds" if comparison.get("budget_seconds") else "epoch"
     doc.heading("Learning curves")
-    doc.figure("curves", figs.overlaid_curves({r["variant"]: _history(out / "runs" / r["name"]) for r in main}, x=x),
+    histories = {(r["name"] if repeated else r["variant"]): _history(out / "runs" / r["name"])
+                 for r in records if r["train_fraction"] == full}
+    doc.figure("curves", figs.overlaid_curves(histories, x=x),
                "Validation accuracy (solid) and train accuracy on augmented batches (dashed) per run; the space "
                "between a run's two lines is its gap.")
+    estimates = comparison.get("estimates") or curves.time_estimates(out, main, comparison.get("budget_seconds"))
+    _time_section(doc, curves.time_series(out, main), estimates)
     if len({r["train_fraction"] for r in records}) > 1:
         series: dict[str, list[tuple[float, float]]] = {}
-        for r in records:
-            series.setdefault(r["variant"], []).append((r["train_fraction"], score(r, split)))
+        for s in summaries.values():
+            series.setdefault(s["variant"], []).append((s["train_fraction"], score(s, split)))
         doc.heading("Data efficiency")
         doc.figure("fractions", figs.fraction_curve(series, split),
                    "Accuracy against the share of the training set each run used (the same stratified subsets "
-                   "for every variant).")
+                   f"for every variant{'; means over seeds' if repeated else ''}).")
     _per_class_section(doc, out, comparison, main)
     return doc.write()
+
+
+def _seeds_section(doc: Document, comparison: dict[str, Any], summaries: list[dict[str, Any]],
+                   repeated: bool) -> None:
+    """How sure: each variant's accuracy over its seeds (mean ± standard deviation, min to max)."""
+    split = comparison["split"]
+    doc.heading("How sure")
+    if not repeated:
+        doc.paragraph(f"1 seed: spread not measured. Each variant trained once, so the only noise the verdict "
+                      f"counts is that of the {comparison['eval_images']:,} {split} images (binomial); "
+                      "`--seeds 3` trains each variant 3 times on the same split and measures the spread.")
+        return
+    rows = [[s["name"], str(s["runs"]), f"{_pts(s['mean'])}%",
+             "n/a" if s["std"] is None else f"±{_pts(s['std'])}", f"{_pts(s['min'])}% – {_pts(s['max'])}%",
+             ", ".join(f"{_pts(v)}" for v in s["values"])] for s in summaries]
+    doc.table(["variant", "seeds", f"mean {split} acc", "std", "min – max", "per seed"], rows, {1, 2, 3, 4})
+    seeds = comparison.get("seeds") or []
+    doc.note(f"{seeds_text(comparison)} (training seeds {', '.join(str(x) for x in seeds)}): every run of a "
+             f"variant saw the same validation split and training images (split seed "
+             f"{comparison.get('split_seed', seeds[0] if seeds else 0)}); only initialization, shuffling and "
+             "augmentation changed. The verdict's standard error counts this spread and the binomial noise of the "
+             f"{comparison['eval_images']:,} {split} images.")
+
+
+def _time_section(doc: Document, series: dict[str, list[list[tuple[float, float]]]],
+                  estimates: dict[str, dict[str, Any]]) -> None:
+    """Validation accuracy against training seconds, with the fitted curves' estimates for 2x and 4x."""
+    from imgclf.reporting import curves
+
+    if not any(run for runs in series.values() for run in runs):
+        return
+    doc.heading("What more time buys")
+    doc.figure("time_curves", curves.time_curves(series, estimates),
+               "Validation accuracy against training seconds (a staged fine-tuning run's head phase counted), each "
+               "seed's run a line; dashed: a saturating curve acc(t) = a - b·t^(-c) fitted to the points, "
+               "continued past the budget as an estimate.")
+    text = curves.crossing_text(estimates)
+    if text:
+        doc.paragraph(text)
+    rows = []
+    for name, e in estimates.items():
+        cells = ["n/a" if e.get(k) is None else f"~{_pts(e[k])}%" for k in ("2x", "4x")]
+        measured = e.get("measured_val_accuracy")
+        rows.append([name, f"{e['budget_seconds']:.0f} s", "n/a" if measured is None else f"{_pts(measured)}%",
+                     *cells, e.get("note", "")])
+    doc.table(["variant", "budget", "val acc (measured)", "estimate at 2x", "estimate at 4x", "how"], rows,
+              {1, 2, 3, 4})
+    doc.note("Estimates, not measurements: the points are each run's progress under a schedule sized to its whole "
+             "budget, so the fit reads the shape of one run's curve; a run given 2x the time anneals later and "
+             "usually ends a little higher than the curve says. `--budget` with 2x the seconds measures it.")
 
 
 def _runs_section(doc: Document, comparison: dict[str, Any], records: list[dict[str, Any]], gap: bool) -> None:
@@ -138,7 +242,8 @@ def _runs_section(doc: Document, comparison: dict[str, Any], records: list[dict[
 
 
 def _per_class_section(doc: Document, out: Path, comparison: dict[str, Any], main: list[dict[str, Any]]) -> None:
-    """The winner minus the reference (else the runner-up), per class, where both saved their predictions."""
+    """The winner minus the reference (else the runner-up), per class, where both saved their predictions
+    (`main`: seed summaries; each variant's first run stands for it)."""
     split = comparison["split"]
     ranked = sorted(main, key=lambda r: -score(r, split))
     if len(ranked) < 2:
@@ -146,13 +251,14 @@ def _per_class_section(doc: Document, out: Path, comparison: dict[str, Any], mai
     worse = next((r for r in ranked if r["variant"] == comparison.get("reference") and r is not ranked[0]), ranked[1])
     better = ranked[0]
     classes = comparison["classes"]
-    a, b = (_per_class_accuracy(out / "runs" / r["name"], split, len(classes)) for r in (better, worse))
+    a, b = (_per_class_accuracy(out / "runs" / r["run_names"][0], split, len(classes)) for r in (better, worse))
     if a is None or b is None or np.abs(a - b).max() <= 1e-9:
         return
     diff = a - b
     doc.heading("Per-class difference")
     order = np.argsort(diff)
-    text = f"{split.capitalize()} accuracy of {better['variant']} minus {worse['variant']}, per class."
+    text = f"{split.capitalize()} accuracy of {better['variant']} minus {worse['variant']}, per class" + \
+        (f" (their first runs: {better['run_names'][0]}, {worse['run_names'][0]})." if better["runs"] > 1 else ".")
     if diff[order[-1]] > 0:
         text += f" Largest gain: {classes[order[-1]]} ({100 * diff[order[-1]]:+.1f} points)."
     text += (f" Largest loss: {classes[order[0]]} ({100 * diff[order[0]]:+.1f})." if diff[order[0]] < 0

@@ -1,0 +1,262 @@
+"""What more training time buys: validation accuracy against training seconds for each variant of a
+comparison, a saturating curve fitted to those points, and what the curve says about 2x and 4x the budget.
+
+The estimate is an extrapolation and is labelled as one. Its points are one run's progress under a schedule
+sized to the whole budget (the LR anneals towards the end), so the points before the end under-state what a
+run with that shorter budget would reach, and a fit to them under-states the slope: read 2x and 4x as "about
+this much, roughly", not as a measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from imgclf.reporting import figures as figs
+
+MIN_POINTS = 4  # a 3-parameter curve needs more points than parameters to say anything
+MIN_SPAN = 2.0  # ... spread over at least this ratio of training seconds (last / first)
+FACTORS = (2, 4)  # the budgets the estimate speaks about, as multiples of the measured one
+LEVEL = 0.005  # curves closer than half a point are level: no crossing is read into their noise
+
+
+@dataclass(frozen=True)
+class SaturatingFit:
+    """acc(t) = a - b * t**(-c) (`method` "power"), or a + b * ln(t) ("log-linear", c = 0, where scipy is
+    missing or the power fit fails); evaluated within [0, 1]."""
+
+    a: float
+    b: float
+    c: float
+    method: str
+    points: int
+
+    def __call__(self, t: float | np.ndarray) -> np.ndarray:
+        t = np.maximum(np.asarray(t, dtype=float), 1e-9)
+        raw = self.a + self.b * np.log(t) if self.method == "log-linear" else self.a - self.b * t ** (-self.c)
+        return np.clip(raw, 0.0, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "c": self.c, "method": self.method, "points": self.points}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SaturatingFit:
+        return cls(float(d["a"]), float(d["b"]), float(d["c"]), str(d["method"]), int(d["points"]))
+
+
+def _power(t: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    return a - b * t ** (-c)
+
+
+def fit_log_linear(seconds: Sequence[float], accuracy: Sequence[float]) -> SaturatingFit:
+    """Least squares acc = a + b ln(t): the fallback, which does not saturate (the cap at 1.0 does)."""
+    t, y = np.asarray(seconds, dtype=float), np.asarray(accuracy, dtype=float)
+    b, a = np.polyfit(np.log(t), y, 1)
+    return SaturatingFit(float(a), float(b), 0.0, "log-linear", len(t))
+
+
+def fit_saturating(seconds: Sequence[float], accuracy: Sequence[float]) -> SaturatingFit | None:
+    """Fit acc(t) = a - b * t**(-c) to measured (training seconds, accuracy) points.
+
+    Bounds keep the curve a saturating one: the asymptote `a` within [0, 1] (no accuracy above 100 %), `b` >= 0
+    (accuracy never falls with more time) and `c` in [0.001, 5]. Fitted with scipy.optimize.curve_fit where
+    scipy is installed; without it, or when that fit does not converge, a log-linear fit (acc = a + b ln t)
+    stands in. None when the points cannot carry a fit: fewer than MIN_POINTS at distinct positive times, or
+    spread over less than MIN_SPAN (last / first). Non-finite points are dropped.
+    """
+    t = np.asarray(seconds, dtype=float)
+    y = np.asarray(accuracy, dtype=float)
+    keep = np.isfinite(t) & np.isfinite(y) & (t > 0)
+    t, y = t[keep], y[keep]
+    if len(np.unique(t)) < MIN_POINTS or t.max() < MIN_SPAN * t.min():
+        return None
+    try:
+        from scipy.optimize import OptimizeWarning, curve_fit
+    except ImportError:
+        return fit_log_linear(t, y)
+    a0 = float(min(0.999, max(y.max() + 0.02, 0.01)))
+    c0 = 0.5
+    b0 = max(a0 - float(y[np.argmin(t)]), 1e-3) * float(t.min()) ** c0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", OptimizeWarning)
+            (a, b, c), _ = curve_fit(_power, t, y, p0=(a0, b0, c0), bounds=([0.0, 0.0, 1e-3], [1.0, np.inf, 5.0]),
+                                     maxfev=20_000)
+    except (RuntimeError, ValueError, OptimizeWarning):
+        return fit_log_linear(t, y)
+    return SaturatingFit(float(a), float(b), float(c), "power", len(t))
+
+
+def extrapolate(fit: SaturatingFit, budget: float, factors: Sequence[float] = FACTORS) -> dict[str, float]:
+    """The fitted curve at `factor` x `budget` seconds, capped at 1.0: {"2x": ..., "4x": ...}."""
+    return {f"{factor:g}x": float(fit(factor * budget)) for factor in factors}
+
+
+def crossing(first: SaturatingFit, second: SaturatingFit | float, start: float, end: float,
+             tolerance: float = LEVEL) -> float | None:
+    """The first time in [start, end] where `first` and `second` (a curve, or a fixed accuracy) swap places,
+    each ahead by more than `tolerance` on either side (a log grid, refined by bisection); None where one
+    stays ahead, or they run level, throughout."""
+    grid = np.geomspace(max(start, 1e-3), max(end, start * 1.001, 1e-3), 400)
+
+    def diff(t: np.ndarray) -> np.ndarray:
+        other = second(t) if isinstance(second, SaturatingFit) else np.full_like(t, float(second))
+        return first(t) - other
+
+    d = diff(grid)
+    apart = np.nonzero(np.abs(d) > tolerance)[0]
+    swaps = [(i, j) for i, j in zip(apart[:-1], apart[1:], strict=True) if np.sign(d[i]) != np.sign(d[j])]
+    if not swaps:
+        return None
+    i, j = swaps[0]
+    lo, hi, ahead = grid[i], grid[j], np.sign(d[i])
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        if np.sign(diff(np.array([mid]))[0]) == ahead:
+            lo = mid
+        else:
+            hi = mid
+    return float(math.sqrt(lo * hi))
+
+
+# -- reading a comparison's runs -------------------------------------------------------------------------------
+
+def run_points(run_dir: Path) -> list[tuple[float, float]]:
+    """(training seconds, validation accuracy) per epoch of a run directory. A staged fine-tuning run's
+    history starts its clock after the head phase; that phase's seconds (metrics.json) are added, so every
+    run's seconds are the same training time its budget counts."""
+    from imgclf.evaluation.diagnosis import read_history
+
+    path = run_dir / "history.csv"
+    if not path.is_file():
+        return []
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        metrics = {}
+    offset = float((metrics.get("staged") or {}).get("seconds") or 0.0)
+    return [(offset + row["seconds"], row["val_acc"]) for row in read_history(path)
+            if np.isfinite(row.get("seconds", math.nan)) and np.isfinite(row.get("val_acc", math.nan))]
+
+
+def time_series(folder: Path, summaries: Sequence[Mapping[str, Any]]) -> dict[str, list[list[tuple[float, float]]]]:
+    """Per summary (variant at the full fraction): each of its runs' (seconds, val accuracy) points."""
+    return {s["variant"]: [run_points(folder / "runs" / name) for name in s["run_names"]] for s in summaries}
+
+
+def time_estimates(folder: Path, summaries: Sequence[Mapping[str, Any]],
+                   budget: float | None) -> dict[str, dict[str, Any]]:
+    """Per variant: the curve fitted to all its runs' points (pooled over seeds), and the estimated validation
+    accuracy at 2x and 4x the budget (the comparison's, or the variant's mean training seconds under --epochs).
+    Where the points cannot carry a fit, the estimates are None and `note` says why."""
+    out: dict[str, dict[str, Any]] = {}
+    for variant, runs in time_series(folder, summaries).items():
+        summary = next(s for s in summaries if s["variant"] == variant)
+        points = [p for run in runs for p in run]
+        spent = float(budget or summary.get("train_seconds") or max((p[0] for p in points), default=0.0))
+        fit = fit_saturating([p[0] for p in points], [p[1] for p in points]) if points else None
+        entry: dict[str, Any] = {"budget_seconds": spent, "points": len(points), "fit": None,
+                                 "first_seconds": min((p[0] for p in points), default=None),
+                                 "measured_val_accuracy": summary.get("val_accuracy")}
+        if fit is None or spent <= 0:
+            entry.update({f"{f:g}x": None for f in FACTORS})
+            epochs = max((len(run) for run in runs), default=0)
+            entry["note"] = (f"not estimated: {epochs} epoch{'s' if epochs != 1 else ''} per run, too few points "
+                             f"in time to fit a curve (it needs {MIN_POINTS} or more, spread over at least "
+                             f"{MIN_SPAN:g}x in seconds)")
+        else:
+            entry.update(extrapolate(fit, spent))
+            entry["fit"] = fit.to_dict()
+            entry["at_budget"] = float(fit(spent))
+            entry["note"] = "estimate: a curve fitted to the validation accuracy measured during training"
+        out[variant] = entry
+    return out
+
+
+def _level(curve: SaturatingFit | float, t: float) -> float:
+    return float(curve(t)) if isinstance(curve, SaturatingFit) else float(curve)
+
+
+def crossing_text(estimates: Mapping[str, Mapping[str, Any]]) -> str:
+    """Where the first two variants' curves cross, or would cross (an estimate), or that they do not, from
+    the time both have a measured point up to 4x the budget. A variant without a fit counts as flat at its
+    measured validation accuracy."""
+    if len(estimates) < 2:
+        return ""
+    (na, ea), (nb, eb) = list(estimates.items())[:2]
+    if not ea.get("fit") and not eb.get("fit"):
+        return "Neither curve has enough points in time to fit, so where they would cross is not estimated."
+    if not ea.get("fit"):
+        (na, ea), (nb, eb) = (nb, eb), (na, ea)  # the fitted one first
+    curve = SaturatingFit.from_dict(ea["fit"])
+    other: SaturatingFit | float
+    if eb.get("fit"):
+        other, flat = SaturatingFit.from_dict(eb["fit"]), ""
+    else:
+        other = float(eb.get("measured_val_accuracy") or 0.0)
+        flat = f" ({nb} has too few points to fit: taken as flat at its measured {100 * other:.0f}%)"
+    measured = max(ea["budget_seconds"], eb["budget_seconds"])
+    end = max(FACTORS) * measured
+    start = max(e.get("first_seconds") or 0.0 for e in (ea, eb)) or measured / 100  # where both were measured
+    t = crossing(curve, other, start, end)
+    if t is None:
+        gaps = [_level(curve, x) - _level(other, x) for x in np.geomspace(max(start, 1e-3), end, 50)]
+        if max(abs(g) for g in gaps) <= LEVEL:
+            return (f"The curves run level (within {100 * LEVEL:g} points) from {start:.0f} s to {max(FACTORS)}x the "
+                    f"budget ({end:.0f} s){flat}: more time does not separate them.")
+        lead = na if _level(curve, measured) >= _level(other, measured) else nb
+        return (f"The curves do not cross between {start:.0f} s and {max(FACTORS)}x the budget ({end:.0f} s): "
+                f"{lead} leads throughout{flat}.")
+    later = min(1.5 * t, end)
+    after = na if _level(curve, later) > _level(other, later) else nb
+    where = (f"cross at about {t:.0f} s, within the measured budget" if t <= measured
+             else f"would cross at about {t:.0f} s, beyond the measured {measured:.0f} s (an estimate)")
+    return f"The fitted curves {where}; after that {after} leads{flat}."
+
+
+@figs.styled
+def time_curves(series: Mapping[str, Sequence[Sequence[tuple[float, float]]]],
+                estimates: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Validation accuracy against training seconds per variant (each seed's run a thin line), the fitted
+    curve dashed out to 4x the budget, and the 2x / 4x estimates marked."""
+    fig = figs.new_figure(figsize=(9, 4.6))
+    ax = fig.subplots()
+    budget = max((e["budget_seconds"] for e in estimates.values()), default=0.0)
+    for i, (name, runs) in enumerate(series.items()):
+        color = figs.PALETTE[i % len(figs.PALETTE)]
+        est = estimates.get(name) or {}
+        for j, run in enumerate(r for r in runs if r):
+            xs, ys = zip(*run, strict=True)
+            ax.plot(xs, ys, color=color, lw=1.2, alpha=0.75, marker="o", ms=3 if len(run) > 1 else 5,
+                    label=None if j else f"{name} (measured{'' if est.get('fit') else '; too few points to fit'})")
+        if est.get("fit"):
+            fit = SaturatingFit.from_dict(est["fit"])
+            first = min((p[0] for run in runs for p in run), default=1.0)
+            t = np.geomspace(max(first, 1e-3), max(FACTORS) * est["budget_seconds"], 200)
+            ax.plot(t, fit(t), color=color, ls="--", lw=1.6, label=f"{name} (fitted; beyond the budget: estimate)")
+            for factor in FACTORS:
+                x, y = factor * est["budget_seconds"], est[f"{factor:g}x"]
+                ax.plot([x], [y], marker="D", ms=6, color=color, mfc="white", mew=1.6)
+                ax.annotate(f"{factor}x: ~{100 * y:.0f}%", (x, y), textcoords="offset points", xytext=(4, -13 - 12 * i),
+                            fontsize=8.5, color=color)
+    if budget:
+        ax.axvline(budget, color=figs.MUTED, ls=":", lw=1.2)
+        ax.annotate("budget", (budget, 0.02), textcoords="offset points", xytext=(3, 0), fontsize=8.5,
+                    color=figs.MUTED)
+    ax.set_ylim(0, 1.05)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("What more time buys (past the budget: an estimate)")
+    ax.legend(loc="lower right", fontsize=8.5)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,168 @@
+"""`imgclf compare --seeds N` and the time curves: repeats that repeat exactly on one split, the spread and the
+verdict's standard error from known inputs, the default number of seeds, and the saturating-curve estimator on
+curves with a known answer."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from helpers import make_folder
+from imgclf.cli import main
+from imgclf.evaluation.diagnosis import read_history
+from imgclf.experiments import compare, verdict
+from imgclf.reporting import curves
+from imgclf.reporting.comparison import summarize_seeds
+from imgclf.reporting.curves import SaturatingFit, crossing, crossing_text, extrapolate, fit_saturating
+
+
+def _truth(a: float, b: float, c: float, t: np.ndarray | float) -> np.ndarray:
+    return np.minimum(a - b * np.asarray(t, dtype=float) ** (-c), 1.0)
+
+
+@pytest.mark.parametrize(("a", "b", "c"), [(0.9, 0.6, 0.5), (0.75, 3.0, 1.0), (0.97, 0.4, 0.3)])
+def test_the_fit_recovers_a_known_curve(a: float, b: float, c: float) -> None:
+    t = np.geomspace(1.0, 60.0, 25)
+    fit = fit_saturating(t, _truth(a, b, c, t))
+    assert fit is not None and fit.method == "power"
+    assert (fit.a, fit.b, fit.c) == pytest.approx((a, b, c), rel=1e-3)
+    estimate = extrapolate(fit, 60.0)
+    assert estimate["2x"] == pytest.approx(float(_truth(a, b, c, 120.0)), abs=1e-3)
+    assert estimate["4x"] == pytest.approx(float(_truth(a, b, c, 240.0)), abs=1e-3)
+    # with the noise of a small validation set the 2x estimate stays within a couple of points
+    noisy = _truth(a, b, c, t) + np.random.default_rng(0).normal(0, 0.01, len(t))
+    rough = fit_saturating(t, noisy)
+    assert rough is not None and extrapolate(rough, 60.0)["2x"] == pytest.approx(float(_truth(a, b, c, 120.0)),
+                                                                                  abs=0.02)
+
+
+def test_the_estimate_is_capped_and_needs_enough_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    t = np.geomspace(1.0, 30.0, 10)
+    assert fit_saturating(t[:3], [0.2, 0.4, 0.5]) is None  # fewer points than MIN_POINTS
+    assert fit_saturating(np.linspace(10, 15, 6), np.linspace(0.5, 0.6, 6)) is None  # spread under 2x in time
+    assert fit_saturating([1, 2, 4, 8, float("nan")], [0.5, 0.6, float("nan"), 0.7, 0.8]) is None  # 3 usable
+    # without scipy: acc = a + b ln t, which the fallback recovers exactly, capped at 100 %
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)
+    line = 0.3 + 0.15 * np.log(t)
+    fit = fit_saturating(t, line)
+    assert fit is not None and fit.method == "log-linear"
+    assert (fit.a, fit.b) == pytest.approx((0.3, 0.15))
+    assert extrapolate(fit, 30.0) == {"2x": pytest.approx(0.3 + 0.15 * math.log(60.0)), "4x": 1.0}
+
+
+def test_where_the_curves_cross() -> None:
+    fast = SaturatingFit(0.6, 0.3, 1.0, "power", 10)  # ahead early, low ceiling
+    slow = SaturatingFit(0.9, 0.9, 1.0, "power", 10)  # 0.9 - 0.9/t = 0.6 - 0.3/t at t = 2
+    assert crossing(slow, fast, 0.5, 100.0) == pytest.approx(2.0, rel=1e-6)
+    assert crossing(slow, slow, 0.5, 100.0) is None  # level: nothing to cross
+    assert crossing(slow, 0.85, 1.0, 100.0) == pytest.approx(18.0, rel=1e-6)  # a fixed level, too
+
+    def entry(fit: SaturatingFit | None, budget: float, measured: float = 0.5) -> dict[str, Any]:
+        return {"fit": fit.to_dict() if fit else None, "budget_seconds": budget, "first_seconds": 0.5,
+                "measured_val_accuracy": measured}
+
+    assert "cross at about 2 s, within the measured budget; after that slow leads" in crossing_text(
+        {"fast": entry(fast, 10.0), "slow": entry(slow, 10.0)})
+    assert "would cross at about 2 s, beyond the measured 1 s (an estimate)" in crossing_text(
+        {"fast": entry(fast, 1.0), "slow": entry(slow, 1.0)})
+    flat = crossing_text({"scratch": entry(fast, 60.0), "finetune": entry(None, 60.0, measured=0.8)})
+    assert "do not cross" in flat and "finetune leads throughout" in flat
+    assert "taken as flat at its measured 80%" in flat
+
+
+def _run(variant: str, value: float, seed: int, seconds: float = 10.0) -> dict[str, Any]:
+    return {"name": f"{variant}_s{seed}", "group": variant, "variant": variant, "approach": "scratch", "seed": seed,
+            "model": "fastcnn", "train_fraction": 1.0, "train_images": 500, "val_accuracy": value - 0.05,
+            "test_accuracy": value, "train_seconds": seconds, "images_per_second": 100.0}
+
+
+def test_the_spread_over_seeds_and_the_standard_error() -> None:
+    records = [_run("a", 0.80, 0), _run("a", 0.90, 1), _run("a", 1.00, 2, seconds=16.0),
+               _run("b", 0.60, 0), {**_run("b", 0.0, 1), "error": "diverged"}]
+    summary = summarize_seeds(records, "test")
+    a, b = summary["a"], summary["b"]
+    assert a["runs"] == 3 and a["seeds"] == [0, 1, 2] and a["run_names"] == ["a_s0", "a_s1", "a_s2"]
+    assert (a["mean"], a["std"], a["min"], a["max"]) == pytest.approx((0.9, 0.1, 0.8, 1.0))
+    assert a["test_accuracy"] == pytest.approx(0.9) and a["val_accuracy"] == pytest.approx(0.85)
+    assert a["train_seconds"] == pytest.approx(12.0)
+    assert b["runs"] == 1 and b["std"] is None and b["mean"] == b["min"] == b["max"] == pytest.approx(0.6)
+    assert summarize_seeds(records, "val")["a"]["mean"] == pytest.approx(0.85)
+    # the standard error: each mean's variance over its seeds plus the binomial noise of 200 test images
+    binomial = verdict._noise(0.9, 0.6, 200)
+    assert verdict.difference_se(a, b, "test", 200) == pytest.approx(math.sqrt(0.1 ** 2 / 3 + binomial ** 2))
+    text = verdict.verdict_text(records[:4] + [_run("b", 0.62, 1)], "ranking", "b", "test", 200)
+    assert "means over 3 and 2 seeds" in text and "counting seed variance and the noise of 200 test images" in text
+    assert verdict.verdict_text([_run("a", 0.9, 0), _run("b", 0.6, 0)], "ranking", "b", "test", 200).endswith(
+        "1 seed each: the spread over seeds is not measured (--seeds 3 measures it).")
+
+
+def test_the_default_number_of_seeds() -> None:
+    assert compare.default_seeds(300, 2, 20.0)[0] == 3  # small data, 6 runs at 20 s fit in 5 minutes
+    seeds, why = compare.default_seeds(270, 2, 60.0)  # flowers-mini: its derived budget is the 60 s floor
+    assert seeds == 1 and "--seeds 3" in why
+    assert compare.default_seeds(40_000, 2, 20.0)[0] == 1  # large data
+    assert compare.default_seeds(300, 2, None)[0] == 1  # --epochs or until the plateau: time unknown
+
+
+def test_seeds_repeat_exactly_on_one_split(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "imgs", classes=3, per_class=12, splits=True)
+    variants = tmp_path / "v.yaml"
+    variants.write_text("plain: {}\nsmooth:\n  label_smoothing: 0.3\n")
+
+    def run(out: Path) -> dict[str, Any]:
+        assert main(["compare", "--data", str(data), "--model", "tiny", "--epochs", "2", "--batch-size", "16",
+                     "--lr", "0.05", "--device", "cpu", "--quiet", "--out", str(out), "--variants", str(variants),
+                     "--seeds", "2", "--seed", "5"]) == 0
+        return json.loads((out / "comparison.json").read_text())
+
+    first, again = run(tmp_path / "one"), run(tmp_path / "two")
+    assert [r["name"] for r in first["runs"]] == ["plain_s5", "plain_s6", "smooth_s5", "smooth_s6"]
+    assert first["seeds"] == [5, 6] and first["split_seed"] == 5
+    for key in ("val_accuracy", "test_accuracy", "epochs_run"):
+        assert [r[key] for r in first["runs"]] == [r[key] for r in again["runs"]], key
+    runs = {r["name"]: Path(r["run_dir"]) for r in first["runs"]}
+    # the training seed changes training, not the images: same split, different losses
+    losses = [[row["train_loss"] for row in read_history(runs[n] / "history.csv")] for n in ("plain_s5", "plain_s6")]
+    assert losses[0] != losses[1]
+    labels = [np.load(runs[n] / "predictions_val.npz")["labels"] for n in ("plain_s5", "plain_s6")]
+    assert np.array_equal(*labels) and len({r["train_images"] for r in first["runs"]}) == 1
+    config = (runs["plain_s6"] / "config.yaml").read_text()
+    assert "seed: 6" in config and "split_seed: 5" in config
+
+    summary = first["summary"]["plain"]
+    assert summary["runs"] == 2 and summary["values"] == [r["test_accuracy"] for r in first["runs"][:2]]
+    assert summary["std"] == pytest.approx(float(np.std(summary["values"], ddof=1)))
+    assert set(first["estimates"]) == {"plain", "smooth"}
+    assert all({"2x", "4x", "note"} <= set(e) for e in first["estimates"].values())
+    assert "2 seeds each" in first["verdict"]
+    report = (tmp_path / "one" / "report.md").read_text()
+    assert "2 seeds each" in report and "## How sure" in report and "## What more time buys" in report
+    assert "![time curves](figures/time_curves.png)" in report and "estimate" in report
+    assert (tmp_path / "one" / "figures" / "time_curves.png").is_file()
+    assert "figures/time_curves.png" not in (tmp_path / "one" / "report.html").read_text()  # embedded, not linked
+
+
+def test_estimates_from_a_run_directory(tmp_path: Path) -> None:
+    """A staged fine-tuning run's history starts after its head phase; the points count that phase's seconds."""
+    run = tmp_path / "runs" / "finetune"
+    run.mkdir(parents=True)
+    t = np.geomspace(2.0, 40.0, 8)
+    acc = _truth(0.9, 0.5, 0.7, t + 20.0)
+    rows = "\n".join(f"{i + 1},{s:.4f},{v:.6f}" for i, (s, v) in enumerate(zip(t, acc, strict=True)))
+    (run / "history.csv").write_text(f"epoch,seconds,val_acc\n{rows}\n")
+    (run / "metrics.json").write_text(json.dumps({"staged": {"seconds": 20.0}}))
+    points = curves.run_points(run)
+    assert [p[0] for p in points] == pytest.approx(list(t + 20.0), abs=1e-3)
+    summary = {"variant": "finetune", "run_names": ["finetune"], "train_seconds": 60.0, "val_accuracy": acc[-1]}
+    est = curves.time_estimates(tmp_path, [summary], 60.0)["finetune"]
+    assert est["points"] == 8 and est["fit"]["method"] == "power"
+    assert est["2x"] == pytest.approx(float(_truth(0.9, 0.5, 0.7, 120.0)), abs=2e-3)
+    (run / "history.csv").write_text("epoch,seconds,val_acc\n1,24.6,0.73\n")  # what a 60 s Lite2 run logs
+    one = curves.time_estimates(tmp_path, [summary], 60.0)["finetune"]
+    assert one["2x"] is None and one["fit"] is None and "1 epoch per run" in one["note"]
