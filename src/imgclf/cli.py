@@ -441,26 +441,17 @@ def _version() -> str:
         return "(not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="imgclf", description=DESCRIPTION, epilog=EPILOG, formatter_class=TopHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"imgclf {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, summary: str, description: str | None = None) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=summary, description=description or summary, formatter_class=HelpFormatter)
-
-    p = command("train", "train a model; writes a run directory",
-                "Train a model from scratch or fine-tune a pretrained one. Writes a run directory (config.yaml, "
-                "history.csv, metrics.json, classes.json, checkpoints/last.pt and best.pt), prints its path at "
-                "start and end, and prints the final metrics as JSON.")
+def _train_options(p: argparse.ArgumentParser) -> None:
+    """The `train` command's options."""
     add_train_options(p)
     p.add_argument("--out", dest="out", type=new_path, metavar="RUN_DIR",
                    help="run directory (default: runs/DATA-MODEL-TIME)")
     p.add_argument("--resume", metavar="CHECKPOINT", type=CHECKPOINT, help="RUN_DIR/checkpoints/last.pt to continue "
                    "from")
-    p.set_defaults(func=_cmd_train)
 
-    p = command("evaluate", "accuracy, loss, per-class accuracy and confusion matrix as JSON")
+
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
+    """The `evaluate` command's options."""
     p.add_argument("--checkpoint", type=CHECKPOINT, required=True, help=CHECKPOINT_HELP)
     p.add_argument("--data", help="DATA to evaluate on (default: the checkpoint's own)")
     p.add_argument("--data-dir", type=new_path, help="where `cifar10` looks for the official batches "
@@ -469,9 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "every image of the data, a plain <class>/<image> folder or all its splits together)")
     p.add_argument("--tta", action="store_true", help="average over the mirrored and 1-px shifted image")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
-    p.set_defaults(func=_cmd_evaluate)
 
-    p = command("predict", "classify image files, folders or archives; JSON lines on stdout, or a CSV (--out)")
+
+def _predict_options(p: argparse.ArgumentParser) -> None:
+    """The `predict` command's options."""
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...), folders of them or "
                    "archives (.tar, .tar.gz, .tar.xz, .zip); a folder of <class>/<image> is also scored")
     p.add_argument("--out", type=file_path, metavar="FILE.csv", help="write one CSV row per image (file, top-k "
@@ -485,12 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--explain", type=new_path, metavar="DIR", help="write a Grad-CAM overlay of each image "
                    "(NAME.gradcam.png: where the predicted class was seen) to DIR; needs --checkpoint")
-    p.set_defaults(func=_cmd_predict)
 
-    p = command("compare", "train variants on one split and write a comparison report",
-                "Train several variants (by default from scratch vs fine-tuning a pretrained network) on the "
-                "same split with the same budget; writes DIR/report.html, report.md and comparison.json, and "
-                "each run's directory under DIR/runs/.")
+
+def _compare_options(p: argparse.ArgumentParser) -> None:
+    """The `compare` command's options."""
     add_train_options(p)
     p.add_argument("--out", dest="out_dir", type=new_path, metavar="DIR", required=True,
                    help="report directory (DIR/report.html), with each run under DIR/runs/")
@@ -511,13 +501,15 @@ def build_parser() -> argparse.ArgumentParser:
                    f"the spread in the verdict (default: {COMPARE_SEEDS} on up to {SEEDS_MAX_TRAIN_IMAGES:,} training "
                    f"images when all runs fit in about {SEEDS_WALL_SECONDS / 60:g} minutes at the budget, else 1; "
                    "printed)")
-    p.set_defaults(func=_cmd_compare)
 
-    p = command("report", "write RUN_DIR/report.html and report.md")
+
+def _report_options(p: argparse.ArgumentParser) -> None:
+    """The `report` command's options."""
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `imgclf train`")
-    p.set_defaults(func=_cmd_report)
 
-    p = command("lr-find", "learning-rate range test: prints a suggested LR and saves the plot")
+
+def _lr_find_options(p: argparse.ArgumentParser) -> None:
+    """The `lr-find` command's options."""
     add_train_options(p)
     p.add_argument("--out", dest="out_dir", type=new_path, default="lr_find", help="folder for the plot")
     p.add_argument("--start-lr", type=number(float, "start_lr", 0, low_open=True), default=LR_FIND_START,
@@ -525,17 +517,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end-lr", type=number(float, "end_lr", 0, low_open=True), default=LR_FIND_END,
                    help="the largest LR tried")
     p.add_argument("--steps", type=number(int, "steps", 2), default=LR_FIND_STEPS, help="training steps, one LR each")
-    p.set_defaults(func=_cmd_lr_find)
 
-    p = command("export", "export a checkpoint to ONNX, verified against torch")
+
+def _export_options(p: argparse.ArgumentParser) -> None:
+    """The `export` command's options."""
     p.add_argument("--checkpoint", type=CHECKPOINT, required=True, help=CHECKPOINT_HELP)
     p.add_argument("--out", type=file_path, required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=number(int, "opset", 7), default=18, help="ONNX opset version")
-    p.set_defaults(func=_cmd_export)
 
-    p = command("serve", "HTTP inference server (FastAPI)",
-                "Serve a model over HTTP: POST /predict (form field `file`), POST /predict/batch (form field "
-                "`files`, repeated), GET /health, /metadata, /docs and a page at /.")
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    """The `serve` command's options."""
     p.add_argument("--checkpoint", type=CHECKPOINT, help=f"{CHECKPOINT_HELP} (or give --onnx)")
     p.add_argument("--onnx", type=ONNX_FILE, help="a model written by `imgclf export` (or give --checkpoint)")
     p.add_argument("--host", type=host, default="127.0.0.1", help="address to listen on")
@@ -548,9 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{option.name.replace('_', '-')}", default=option.default, help=option.metadata["help"],
                        type=number(type(option.default), option.name, option.metadata["minimum"]))
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
-    p.set_defaults(func=_cmd_serve)
 
-    p = command("scratch-nn", "the NumPy network written from scratch")
+
+def _scratch_nn_options(p: argparse.ArgumentParser) -> None:
+    """The `scratch-nn` command's options."""
     p.add_argument("--gradcheck", action="store_true", help="check every layer and loss against finite differences")
     p.add_argument("--data", default="digits", help="DATA to train on")
     p.add_argument("--data-dir", type=new_path, help="where `cifar10` looks for the official batches "
@@ -576,6 +569,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=number(int, "image_size", 4),
                    help="resize images to this side (default: the data's own)")
     p.add_argument("--seed", type=number(int, "seed", 0, 2**32 - 1), default=0, help="random seed")
+
+
+def _inspect_options(p: argparse.ArgumentParser) -> None:
+    """The `inspect` command's options."""
+    p.add_argument("--data", required=True, help="cifar10 | digits | an image folder | an archive")
+    p.add_argument("--checkpoint", type=CHECKPOINT, help=f"{CHECKPOINT_HELP}, to look for label errors "
+                   "(default: none)")
+    p.add_argument("--out", type=new_path, metavar="DIR", help="report folder (default: runs/inspect-DATA-TIME)")
+    p.add_argument("--data-dir", type=new_path, help="where `cifar10` looks for the official batches "
+                   "(default: ~/.cache/imgclf/cifar10)")
+    p.add_argument("--max-distance", type=number(int, "max_distance", 0, 64), default=8,
+                   help="near duplicates: the most bits of the 64-bit perceptual hashes that may differ (pairs "
+                   "whose thumbnails also correlate at 0.9 or more are kept)")
+    p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N (for --checkpoint)")
+
+
+def _doctor_options(p: argparse.ArgumentParser) -> None:
+    """The `doctor` command's options."""
+    p.add_argument("--json", action="store_true", help="print the facts as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="imgclf", description=DESCRIPTION, epilog=EPILOG, formatter_class=TopHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"imgclf {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=description or summary, formatter_class=HelpFormatter)
+
+    p = command("train", "train a model; writes a run directory",
+                "Train a model from scratch or fine-tune a pretrained one. Writes a run directory (config.yaml, "
+                "history.csv, metrics.json, classes.json, checkpoints/last.pt and best.pt), prints its path at "
+                "start and end, and prints the final metrics as JSON.")
+    _train_options(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = command("evaluate", "accuracy, loss, per-class accuracy and confusion matrix as JSON")
+    _evaluate_options(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = command("predict", "classify image files, folders or archives; JSON lines on stdout, or a CSV (--out)")
+    _predict_options(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = command("compare", "train variants on one split and write a comparison report",
+                "Train several variants (by default from scratch vs fine-tuning a pretrained network) on the "
+                "same split with the same budget; writes DIR/report.html, report.md and comparison.json, and "
+                "each run's directory under DIR/runs/.")
+    _compare_options(p)
+    p.set_defaults(func=_cmd_compare)
+
+    p = command("report", "write RUN_DIR/report.html and report.md")
+    _report_options(p)
+    p.set_defaults(func=_cmd_report)
+
+    p = command("lr-find", "learning-rate range test: prints a suggested LR and saves the plot")
+    _lr_find_options(p)
+    p.set_defaults(func=_cmd_lr_find)
+
+    p = command("export", "export a checkpoint to ONNX, verified against torch")
+    _export_options(p)
+    p.set_defaults(func=_cmd_export)
+
+    p = command("serve", "HTTP inference server (FastAPI)",
+                "Serve a model over HTTP: POST /predict (form field `file`), POST /predict/batch (form field "
+                "`files`, repeated), GET /health, /metadata, /docs and a page at /.")
+    _serve_options(p)
+    p.set_defaults(func=_cmd_serve)
+
+    p = command("scratch-nn", "the NumPy network written from scratch")
+    _scratch_nn_options(p)
     p.set_defaults(func=_cmd_scratch_nn)
 
     p = command("models", "list the model names and whether their ImageNet weights are installed")
@@ -588,22 +652,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "Check a dataset before training: images per class and split, sample images, sizes and aspect "
                 "ratios, unreadable files, exact and near duplicates (within a class, across classes, across "
                 "splits) and, given --checkpoint, suspected label errors on the images it did not train on.")
-    p.add_argument("--data", required=True, help="cifar10 | digits | an image folder | an archive")
-    p.add_argument("--checkpoint", type=CHECKPOINT, help=f"{CHECKPOINT_HELP}, to look for label errors "
-                   "(default: none)")
-    p.add_argument("--out", type=new_path, metavar="DIR", help="report folder (default: runs/inspect-DATA-TIME)")
-    p.add_argument("--data-dir", type=new_path, help="where `cifar10` looks for the official batches "
-                   "(default: ~/.cache/imgclf/cifar10)")
-    p.add_argument("--max-distance", type=number(int, "max_distance", 0, 64), default=8,
-                   help="near duplicates: the most bits of the 64-bit perceptual hashes that may differ (pairs "
-                   "whose thumbnails also correlate at 0.9 or more are kept)")
-    p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N (for --checkpoint)")
+    _inspect_options(p)
     p.set_defaults(func=_cmd_inspect)
 
     p = command("doctor", "this machine in one screen: Python, torch, CPU, CUDA, weights, cache, extras")
-    p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    _doctor_options(p)
     p.set_defaults(func=_cmd_doctor)
     return parser
+
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:
