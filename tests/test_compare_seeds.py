@@ -35,6 +35,9 @@ def test_the_fit_recovers_a_known_curve(a: float, b: float, c: float) -> None:
     estimate = extrapolate(fit, 60.0)
     assert estimate["2x"] == pytest.approx(float(_truth(a, b, c, 120.0)), abs=1e-3)
     assert estimate["4x"] == pytest.approx(float(_truth(a, b, c, 240.0)), abs=1e-3)
+    # anchored at a measured end 1 point above the curve (a schedule's final lift): the same gain on top of it
+    lifted = extrapolate(fit, 60.0, anchor=float(_truth(a, b, c, 60.0)) + 0.01)
+    assert lifted["2x"] == pytest.approx(min(1.0, float(_truth(a, b, c, 120.0)) + 0.01), abs=1e-3)
     # with the noise of a small validation set the 2x estimate stays within a couple of points
     noisy = _truth(a, b, c, t) + np.random.default_rng(0).normal(0, 0.01, len(t))
     rough = fit_saturating(t, noisy)
@@ -63,17 +66,23 @@ def test_where_the_curves_cross() -> None:
     assert crossing(slow, slow, 0.5, 100.0) is None  # level: nothing to cross
     assert crossing(slow, 0.85, 1.0, 100.0) == pytest.approx(18.0, rel=1e-6)  # a fixed level, too
 
-    def entry(fit: SaturatingFit | None, budget: float, measured: float = 0.5) -> dict[str, Any]:
+    def entry(fit: SaturatingFit | None, budget: float, measured: float | None = None) -> dict[str, Any]:
+        measured = float(fit(budget)) if measured is None and fit else measured
         return {"fit": fit.to_dict() if fit else None, "budget_seconds": budget, "first_seconds": 0.5,
                 "measured_val_accuracy": measured}
 
-    assert "cross at about 2 s, within the measured budget; after that slow leads" in crossing_text(
-        {"fast": entry(fast, 10.0), "slow": entry(slow, 10.0)})
-    assert "would cross at about 2 s, beyond the measured 1 s (an estimate)" in crossing_text(
-        {"fast": entry(fast, 1.0), "slow": entry(slow, 1.0)})
-    flat = crossing_text({"scratch": entry(fast, 60.0), "finetune": entry(None, 60.0, measured=0.8)})
+    text = crossing_text({"fast": entry(fast, 10.0), "slow": entry(slow, 10.0)})
+    assert "cross at about 2 s, within the measured budget" in text and "slow stays ahead" in text
+    assert crossing_text({"fast": entry(fast, 1.0), "slow": entry(slow, 1.0)}) == (
+        "With more time they would cross at about 2 s (an estimate); after that slow leads.")
+    flat = crossing_text({"scratch": entry(fast, 60.0, measured=0.5), "finetune": entry(None, 60.0, measured=0.8)})
     assert "do not cross" in flat and "finetune leads throughout" in flat
     assert "taken as flat at its measured 80%" in flat
+    # past the budget each estimate starts from what was measured there: a run that ended above its curve (the
+    # end of its schedule) keeps that lift. Fits alone cross at 14 s; lifted 3 and 2 points, at 0.7 / 0.06 s
+    lifted = crossing_text({"scratch": entry(slow, 10.0, measured=float(slow(10.0)) + 0.03),
+                            "other": entry(SaturatingFit(0.85, 0.2, 1.0, "power", 10), 10.0, measured=0.85)})
+    assert lifted == "With more time they would cross at about 12 s (an estimate); after that scratch leads."
 
 
 def _run(variant: str, value: float, seed: int, seconds: float = 10.0) -> dict[str, Any]:

@@ -192,8 +192,8 @@ def _time_section(doc: Document, series: dict[str, list[list[tuple[float, float]
     doc.heading("What more time buys")
     doc.figure("time_curves", curves.time_curves(series, estimates),
                "Validation accuracy against training seconds (a staged fine-tuning run's head phase counted), each "
-               "seed's run a line; dashed: a saturating curve acc(t) = a - b·t^(-c) fitted to the points, "
-               "continued past the budget as an estimate.")
+               "seed's run a line; dashed: a saturating curve acc(t) = a - b·t^(-c) fitted to the points; dotted, "
+               "past the budget: the estimate, the accuracy measured at the budget plus the gain the curve predicts.")
     text = curves.crossing_text(estimates)
     if text:
         doc.paragraph(text)
@@ -206,8 +206,9 @@ def _time_section(doc: Document, series: dict[str, list[list[tuple[float, float]
     doc.table(["variant", "budget", "val acc (measured)", "estimate at 2x", "estimate at 4x", "how"], rows,
               {1, 2, 3, 4})
     doc.note("Estimates, not measurements: the points are each run's progress under a schedule sized to its whole "
-             "budget, so the fit reads the shape of one run's curve; a run given 2x the time anneals later and "
-             "usually ends a little higher than the curve says. `--budget` with 2x the seconds measures it.")
+             "budget, whose end (the learning rate annealed) lifts the last epochs above the curve; a run given 2x "
+             "the time would get that lift at its own end, so each estimate adds the curve's gain to the accuracy "
+             "measured at the budget. `--budget` with 2x the seconds measures it.")
 
 
 def _runs_section(doc: Document, comparison: dict[str, Any], records: list[dict[str, Any]], gap: bool) -> None:

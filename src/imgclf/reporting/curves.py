@@ -2,9 +2,10 @@
 comparison, a saturating curve fitted to those points, and what the curve says about 2x and 4x the budget.
 
 The estimate is an extrapolation and is labelled as one. Its points are one run's progress under a schedule
-sized to the whole budget (the LR anneals towards the end), so the points before the end under-state what a
-run with that shorter budget would reach, and a fit to them under-states the slope: read 2x and 4x as "about
-this much, roughly", not as a measurement.
+sized to the whole budget: the LR anneals towards the end, which lifts the last epochs above the curve the
+earlier ones trace. A run given 2x the time would get that lift at its own end, so the estimate for k x the
+budget is the accuracy measured at the budget plus the gain the fitted curve predicts from 1x to k x
+(`extrapolate` with `anchor`). Read 2x and 4x as "about this much", not as a measurement.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,20 +97,32 @@ def fit_saturating(seconds: Sequence[float], accuracy: Sequence[float]) -> Satur
     return SaturatingFit(float(a), float(b), float(c), "power", len(t))
 
 
-def extrapolate(fit: SaturatingFit, budget: float, factors: Sequence[float] = FACTORS) -> dict[str, float]:
-    """The fitted curve at `factor` x `budget` seconds, capped at 1.0: {"2x": ..., "4x": ...}."""
-    return {f"{factor:g}x": float(fit(factor * budget)) for factor in factors}
+def extrapolate(fit: SaturatingFit, budget: float, factors: Sequence[float] = FACTORS,
+                anchor: float | None = None) -> dict[str, float]:
+    """{"2x": ..., "4x": ...}: the fitted curve at `factor` x `budget` seconds, within [0, 1]. With `anchor` (the
+    accuracy measured at the budget), the anchor plus the gain the curve predicts from the budget to `factor` x
+    it: the end-of-schedule lift the measured point holds above the curve is kept, not lost."""
+    shift = 0.0 if anchor is None else anchor - float(fit(budget))
+    return {f"{factor:g}x": float(np.clip(fit(factor * budget) + shift, 0.0, 1.0)) for factor in factors}
 
 
-def crossing(first: SaturatingFit, second: SaturatingFit | float, start: float, end: float,
+def shifted(fit: SaturatingFit, by: float) -> Callable[[np.ndarray], np.ndarray]:
+    """The fitted curve moved up by `by` (the anchored continuation past the budget), within [0, 1]."""
+    return lambda t: np.clip(fit(t) + by, 0.0, 1.0)
+
+
+Curve = Callable[[np.ndarray], np.ndarray]
+
+
+def crossing(first: Curve, second: Curve | float, start: float, end: float,
              tolerance: float = LEVEL) -> float | None:
-    """The first time in [start, end] where `first` and `second` (a curve, or a fixed accuracy) swap places,
+    """The first time in [start, end] where `first` and `second` (curves, or a fixed accuracy) swap places,
     each ahead by more than `tolerance` on either side (a log grid, refined by bisection); None where one
     stays ahead, or they run level, throughout."""
     grid = np.geomspace(max(start, 1e-3), max(end, start * 1.001, 1e-3), 400)
 
     def diff(t: np.ndarray) -> np.ndarray:
-        other = second(t) if isinstance(second, SaturatingFit) else np.full_like(t, float(second))
+        other = np.full_like(t, float(second)) if isinstance(second, (int, float)) else second(t)
         return first(t) - other
 
     d = diff(grid)
@@ -167,6 +180,7 @@ def time_estimates(folder: Path, summaries: Sequence[Mapping[str, Any]],
         entry: dict[str, Any] = {"budget_seconds": spent, "points": len(points), "fit": None,
                                  "first_seconds": min((p[0] for p in points), default=None),
                                  "measured_val_accuracy": summary.get("val_accuracy")}
+        measured = summary.get("val_accuracy")
         if fit is None or spent <= 0:
             entry.update({f"{f:g}x": None for f in FACTORS})
             epochs = max((len(run) for run in runs), default=0)
@@ -174,53 +188,71 @@ def time_estimates(folder: Path, summaries: Sequence[Mapping[str, Any]],
                              f"in time to fit a curve (it needs {MIN_POINTS} or more, spread over at least "
                              f"{MIN_SPAN:g}x in seconds)")
         else:
-            entry.update(extrapolate(fit, spent))
+            entry.update(extrapolate(fit, spent, anchor=measured))
             entry["fit"] = fit.to_dict()
-            entry["at_budget"] = float(fit(spent))
-            entry["note"] = "estimate: a curve fitted to the validation accuracy measured during training"
+            entry["fit_at_budget"] = float(fit(spent))
+            entry["note"] = ("estimate: the accuracy measured at the budget plus the gain a curve fitted to the run's "
+                             "validation accuracy predicts")
         out[variant] = entry
     return out
 
 
-def _level(curve: SaturatingFit | float, t: float) -> float:
-    return float(curve(t)) if isinstance(curve, SaturatingFit) else float(curve)
+def _curves(entry: Mapping[str, Any]) -> tuple[Curve, Curve]:
+    """A variant's curve within its measured budget (the fit) and past it (the fit anchored at the accuracy
+    measured at the budget); a variant without a fit is flat at that accuracy in both."""
+    measured = entry.get("measured_val_accuracy")
+    if not entry.get("fit"):
+        level = float(measured or 0.0)
+        flat: Curve = lambda t: np.full_like(np.asarray(t, dtype=float), level)  # noqa: E731
+        return flat, flat
+    fit = SaturatingFit.from_dict(entry["fit"])
+    shift = 0.0 if measured is None else float(measured) - float(fit(entry["budget_seconds"]))
+    return fit, shifted(fit, shift)
 
 
 def crossing_text(estimates: Mapping[str, Mapping[str, Any]]) -> str:
-    """Where the first two variants' curves cross, or would cross (an estimate), or that they do not, from
-    the time both have a measured point up to 4x the budget. A variant without a fit counts as flat at its
-    measured validation accuracy."""
+    """Where the first two variants' curves cross within the measured budget (their fits), whether they would
+    cross up to 4x the budget (the anchored estimates), or that one leads throughout. A variant without a fit
+    counts as flat at its measured validation accuracy."""
     if len(estimates) < 2:
         return ""
     (na, ea), (nb, eb) = list(estimates.items())[:2]
     if not ea.get("fit") and not eb.get("fit"):
         return "Neither curve has enough points in time to fit, so where they would cross is not estimated."
-    if not ea.get("fit"):
-        (na, ea), (nb, eb) = (nb, eb), (na, ea)  # the fitted one first
-    curve = SaturatingFit.from_dict(ea["fit"])
-    other: SaturatingFit | float
-    if eb.get("fit"):
-        other, flat = SaturatingFit.from_dict(eb["fit"]), ""
+    flat = "".join(f" ({n} has too few points to fit: taken as flat at its measured "
+                   f"{100 * float(e.get('measured_val_accuracy') or 0.0):.0f}%.)" for n, e in ((na, ea), (nb, eb))
+                   if not e.get("fit"))
+    (raw_a, past_a), (raw_b, past_b) = _curves(ea), _curves(eb)
+    budget = max(ea["budget_seconds"], eb["budget_seconds"])
+    end = max(FACTORS) * budget
+    start = min(max(e.get("first_seconds") or 0.0 for e in (ea, eb)) or budget / 100, budget)  # both measured
+    within = crossing(raw_a, raw_b, start, budget) if start < budget else None
+    beyond = crossing(past_a, past_b, budget, end)
+
+    def leader(a: Curve, b: Curve, t: float) -> str:
+        return na if float(a(np.array([t]))[0]) >= float(b(np.array([t]))[0]) else nb
+
+    parts = []
+    if within is not None:
+        parts.append(f"The fitted curves cross at about {within:.0f} s, within the measured budget.")
+    if beyond is not None:
+        parts.append(f"With more time they would cross at about {beyond:.0f} s (an estimate); after that "
+                     f"{leader(past_a, past_b, min(1.5 * beyond, end))} leads.")
+    elif within is not None:
+        parts.append(f"From the budget to {max(FACTORS)}x it ({end:.0f} s) {leader(past_a, past_b, end)} stays "
+                     "ahead (an estimate).")
     else:
-        other = float(eb.get("measured_val_accuracy") or 0.0)
-        flat = f" ({nb} has too few points to fit: taken as flat at its measured {100 * other:.0f}%)"
-    measured = max(ea["budget_seconds"], eb["budget_seconds"])
-    end = max(FACTORS) * measured
-    start = max(e.get("first_seconds") or 0.0 for e in (ea, eb)) or measured / 100  # where both were measured
-    t = crossing(curve, other, start, end)
-    if t is None:
-        gaps = [_level(curve, x) - _level(other, x) for x in np.geomspace(max(start, 1e-3), end, 50)]
-        if max(abs(g) for g in gaps) <= LEVEL:
-            return (f"The curves run level (within {100 * LEVEL:g} points) from {start:.0f} s to {max(FACTORS)}x the "
-                    f"budget ({end:.0f} s){flat}: more time does not separate them.")
-        lead = na if _level(curve, measured) >= _level(other, measured) else nb
-        return (f"The curves do not cross between {start:.0f} s and {max(FACTORS)}x the budget ({end:.0f} s): "
-                f"{lead} leads throughout{flat}.")
-    later = min(1.5 * t, end)
-    after = na if _level(curve, later) > _level(other, later) else nb
-    where = (f"cross at about {t:.0f} s, within the measured budget" if t <= measured
-             else f"would cross at about {t:.0f} s, beyond the measured {measured:.0f} s (an estimate)")
-    return f"The fitted curves {where}; after that {after} leads{flat}."
+        grid = np.geomspace(max(start, 1e-3), end, 60)
+        low, high = grid[grid <= budget], grid[grid >= budget]
+        gaps = np.concatenate([raw_a(low) - raw_b(low), past_a(high) - past_b(high)])
+        if np.abs(gaps).max() <= LEVEL:
+            parts.append(f"The curves run level (within {100 * LEVEL:g} points) from {start:.0f} s to "
+                         f"{max(FACTORS)}x the budget ({end:.0f} s): more time does not separate them.")
+        else:
+            parts.append(f"The curves do not cross between {start:.0f} s and {max(FACTORS)}x the budget "
+                         f"({end:.0f} s, past the budget an estimate): {leader(past_a, past_b, budget)} leads "
+                         "throughout.")
+    return " ".join(parts) + flat
 
 
 @figs.styled
@@ -239,15 +271,20 @@ def time_curves(series: Mapping[str, Sequence[Sequence[tuple[float, float]]]],
             ax.plot(xs, ys, color=color, lw=1.2, alpha=0.75, marker="o", ms=3 if len(run) > 1 else 5,
                     label=None if j else f"{name} (measured{'' if est.get('fit') else '; too few points to fit'})")
         if est.get("fit"):
-            fit = SaturatingFit.from_dict(est["fit"])
+            fit, past = _curves(est)
+            spent = est["budget_seconds"]
             first = min((p[0] for run in runs for p in run), default=1.0)
-            t = np.geomspace(max(first, 1e-3), max(FACTORS) * est["budget_seconds"], 200)
-            ax.plot(t, fit(t), color=color, ls="--", lw=1.6, label=f"{name} (fitted; beyond the budget: estimate)")
+            t = np.geomspace(max(min(first, spent), 1e-3), spent, 100)
+            ax.plot(t, fit(t), color=color, ls="--", lw=1.6, label=f"{name} (fitted)")
+            t = np.geomspace(spent, max(FACTORS) * spent, 100)
+            ax.plot(t, past(t), color=color, ls=":", lw=2.0,
+                    label=f"{name} (estimate: measured at the budget + the fit's gain)")
             for factor in FACTORS:
                 x, y = factor * est["budget_seconds"], est[f"{factor:g}x"]
                 ax.plot([x], [y], marker="D", ms=6, color=color, mfc="white", mew=1.6)
-                ax.annotate(f"{factor}x: ~{100 * y:.0f}%", (x, y), textcoords="offset points", xytext=(4, -13 - 12 * i),
-                            fontsize=8.5, color=color)
+                ax.annotate(f"{factor}x: ~{100 * y:.0f}%", (x, y), textcoords="offset points",
+                            xytext=(-6, -16) if i % 2 == 0 else (-6, 9), ha="right" if factor == max(FACTORS) else
+                            "left", fontsize=8.5, color=color)  # alternate below / above: two variants' labels
     if budget:
         ax.axvline(budget, color=figs.MUTED, ls=":", lw=1.2)
         ax.annotate("budget", (budget, 0.02), textcoords="offset points", xytext=(3, 0), fontsize=8.5,
