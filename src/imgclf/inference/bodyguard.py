@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from typing import Any
 
 from fastapi import HTTPException
 
+from imgclf.inference.metrics import Metrics, Timer
 from imgclf.inference.settings import DRAIN_LIMIT, ServerSettings
 
-PROTECTED = frozenset({"/predict", "/predict/batch", "/metadata"})  # the paths that want the key, if set
+PROTECTED = frozenset({"/predict", "/predict/batch", "/metadata", "/metrics"})  # want the key, if set
 
 
 class _Body:
@@ -54,16 +56,28 @@ class _Body:
 
 
 class Guard:
-    """Pure ASGI middleware: API key and body size are settled before the body is parsed."""
+    """Pure ASGI middleware: API key and body size are settled before the body is parsed; with `metrics`,
+    every answer's status and time are recorded (the Guard's own refusals included)."""
 
-    def __init__(self, app: Any, settings: ServerSettings) -> None:
-        self.app, self.settings = app, settings
+    def __init__(self, app: Any, settings: ServerSettings, metrics: Metrics | None = None) -> None:
+        self.app, self.settings, self.metrics = app, settings, metrics
         self.key = settings.api_key.encode() if settings.api_key else None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.metrics is None:
+            await self.guard(scope, receive, send)
+            return
+        timer = Timer(send)
+        try:
+            await self.guard(scope, receive, timer)
+        finally:
+            if timer.status:  # a client that left before any answer is not counted
+                self.metrics.request(scope.get("path", ""), timer.status, time.perf_counter() - timer.start)
+
+    async def guard(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = dict(scope.get("headers") or [])
         body = _Body(receive, headers)
         path = scope.get("path", "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +42,10 @@ class Pipeline:
 
     `start` and `close` belong in the app's lifespan."""
 
-    def __init__(self, predictor: Predictor, settings: ServerSettings) -> None:
+    def __init__(self, predictor: Predictor, settings: ServerSettings,
+                 on_batch: Callable[[int], None] | None = None) -> None:
         self.predictor = predictor
+        self.on_batch = on_batch  # told each forward pass's size once it returned (metrics.py)
         threads = settings.decode_threads or min(4, os.cpu_count() or 1)
         self.lanes = {large: Lane(threads, f"imgclf-decode-{'large' if large else 'small'}") for large in (False, True)}
         self.cam = GradCAM(predictor.model, predictor.input_size) if predictor.model is not None else None
@@ -67,6 +70,8 @@ class Pipeline:
             pngs = overlays_base64(self.cam, batch[wanted], probs[wanted].argmax(axis=1).tolist())
             for i, png in zip(wanted, pngs, strict=True):
                 results[i]["explanation"] = png
+        if self.on_batch is not None:
+            self.on_batch(len(items))
         return results
 
     def check_explain(self, explain: bool) -> None:

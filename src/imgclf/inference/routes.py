@@ -18,11 +18,12 @@ import fastapi_offline
 from fastapi import FastAPI, File, HTTPException, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 
 from imgclf.inference.limits import ClientError, check_file_count, check_uploads
+from imgclf.inference.metrics import CONTENT_TYPE, Metrics
 from imgclf.inference.pipeline import Pipeline
 from imgclf.inference.schemas import Explain, FilePrediction, Health, Prediction, TopK, error_responses
 from imgclf.inference.settings import ServerSettings
@@ -33,13 +34,15 @@ DOCS_ASSETS = "/docs-assets"  # Swagger UI 5 (reads OpenAPI 3.1), served from th
 Responses = dict[int | str, dict[str, Any]]
 
 
-def add_routes(app: FastAPI, pipeline: Pipeline, settings: ServerSettings) -> None:
-    """Error handlers, the API (/predict, /predict/batch, /health, /metadata), then /docs and the page."""
+def add_routes(app: FastAPI, pipeline: Pipeline, settings: ServerSettings, metrics: Metrics) -> None:
+    """Error handlers, the API (/predict, /predict/batch, /health, /metadata, /metrics), then /docs and the
+    page."""
     errors = error_responses(with_key=bool(settings.api_key))
     protected = key_dependencies(settings)
     add_error_handlers(app)
     add_prediction_routes(app, pipeline, settings, errors, protected)
     add_info_routes(app, pipeline, settings, errors, protected)
+    add_metrics_route(app, metrics, errors, protected)
     add_docs_and_page(app)
 
 
@@ -122,6 +125,17 @@ def add_info_routes(app: FastAPI, pipeline: Pipeline, settings: ServerSettings, 
                 "input": "RGB, resized (short side) and center-cropped to input_size; normalized in the model",
                 "checkpoint_sha256": meta.get("checkpoint_sha256"), "onnx_sha256": meta.get("onnx_sha256"),
                 "limits": limits, "batching": {**batcher.stats.as_dict(), "queued": batcher.queued}}
+
+
+def add_metrics_route(app: FastAPI, metrics: Metrics, errors: Responses, protected: list[Any]) -> None:
+    text = {"description": "Prometheus text format",
+            "content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}}
+    responses: Responses = {200: text, **{k: v for k, v in errors.items() if k == 401}}
+
+    @app.get("/metrics", response_class=Response, responses=responses, dependencies=protected,
+             summary="Prometheus metrics: requests, latency, batch sizes, queue depth, images per second")
+    def prometheus() -> Response:  # a plain def: rendering runs on a thread, never holding up the event loop
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 
 def add_docs_and_page(app: FastAPI) -> None:

@@ -9,8 +9,9 @@ thread(s) run the model on whole batches (pipeline.py, and see `inference_plan`)
 ServerSettings (settings.py). Every client mistake is a 4xx with a JSON body {"detail": ...}; a 5xx means a
 bug.
 
-The modules import downwards only: server -> bodyguard, routes; routes -> pipeline, schemas; pipeline ->
-batching, limits; and each of these -> settings, which imports no web framework (the CLI reads it).
+The modules import downwards only: server -> bodyguard, routes; bodyguard, routes -> metrics; routes ->
+pipeline, schemas; pipeline -> batching, limits; and each of these -> settings, which imports no web
+framework (the CLI reads it). /metrics (metrics.py) is Prometheus text, behind the API key like /predict.
 """
 
 import ipaddress
@@ -28,12 +29,14 @@ from imgclf.errors import UserError
 
 try:  # the serve extra, checked once here; the modules below import from it freely
     import fastapi_offline  # noqa: F401 - routes.py serves /docs from it
+    import prometheus_client  # noqa: F401 - metrics.py
     import uvicorn
     from fastapi import FastAPI
 except ImportError as exc:  # the CLI turns this into one line, exit 2
     raise UserError(f"the server needs the serve extra ({exc.name} is missing): pip install 'imgclf[serve]'") from None
 
 from imgclf.inference.bodyguard import Guard
+from imgclf.inference.metrics import Metrics
 from imgclf.inference.pipeline import Pipeline
 from imgclf.inference.predictor import Predictor
 from imgclf.inference.routes import add_routes
@@ -41,10 +44,13 @@ from imgclf.inference.settings import ServerSettings
 
 
 def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> Guard:
-    """The FastAPI app around a loaded Predictor (wrapped in the Guard middleware)."""
+    """The FastAPI app around a loaded Predictor (wrapped in the Guard middleware, which also records the
+    requests in the app's metrics)."""
     settings = settings or ServerSettings()
     settings.check()
-    pipeline = Pipeline(predictor, settings)
+    metrics = Metrics(str(predictor.metadata.get("model")), predictor.metadata.get("load_seconds", 0.0),
+                      queue_depth=lambda: pipeline.batcher.queued)
+    pipeline = Pipeline(predictor, settings, on_batch=metrics.batch)
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
@@ -58,8 +64,9 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
                   description=f"Image classification with {predictor.metadata.get('model')} "
                               f"({len(predictor.classes)} classes). Upload images as multipart form data.")
     app.state.batcher, app.state.settings, app.state.predictor = pipeline.batcher, settings, predictor
-    add_routes(app, pipeline, settings)
-    return Guard(app, settings)
+    app.state.metrics = metrics
+    add_routes(app, pipeline, settings, metrics)
+    return Guard(app, settings, metrics)
 
 
 def inference_plan(device: str) -> tuple[int, int]:
