@@ -4,6 +4,7 @@ UserErrors."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -32,8 +33,6 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     here = Path.cwd()
     namespace: dict[str, Any] = {"__name__": "readme_example"}
     try:
-        import os
-
         os.chdir(cwd)
         exec(compile(readme_example(), "README.md", "exec"), namespace)  # noqa: S102 - our own README
     finally:

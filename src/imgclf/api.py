@@ -26,13 +26,14 @@ if TYPE_CHECKING:
 __all__ = ["Classifier", "Run", "compare", "load", "train"]
 
 
-def _config(source: str, values: dict[str, Any]) -> TrainConfig:
+def _config(source: str, values: dict[str, Any], options: dict[str, Any]) -> TrainConfig:
     """A TrainConfig built exactly as the CLI's --set values are (config.from_dict): an unknown key, a value of
-    the wrong type or one outside config.LIMITS is a UserError naming it, before any data is read. Arguments
-    left at None are dropped, so the config's own defaults (and their resolution at plan time) apply."""
+    the wrong type or one outside config.LIMITS is a UserError naming it, before any data is read. The named
+    arguments left at None are dropped, so the config's own defaults apply; `options` are kept as given (None
+    means something for some keys: checkpoint_every=None turns mid-epoch checkpoints off)."""
     from imgclf.config import from_dict
 
-    return from_dict({k: v for k, v in values.items() if v is not None}, source=source)
+    return from_dict({**{k: v for k, v in values.items() if v is not None}, **options}, source=source)
 
 
 class Run:
@@ -51,16 +52,16 @@ class Run:
         return load(self.run_dir, device=device)
 
 
-def train(data: str = "digits", model: str | None = None, time_budget: float | None = None,
+def train(data: str, model: str | None = None, time_budget: float | None = None,
           epochs: int | None = None, out: str | Path | None = None, **options: Any) -> Run:
     """Train a classifier, as `imgclf train` does, and return the finished `Run`.
 
     `data` is a dataset name (digits, cifar10, flowers-mini, ...) or an image folder; `model` a registered
     model name (None: the default); `time_budget` seconds of training; `epochs` (None: 10, or as many as fit
     the budget); `out` the run directory to write (None: runs/DATA-MODEL-TIME; one that holds a run is
-    refused). Any other `TrainConfig` key is accepted as
-    a keyword (lr=0.05, subset=500, device="cpu", ...) and checked exactly as a `--set KEY=VALUE` is, so a
-    typo or an out-of-range value raises `imgclf.UserError` with a one-line message instead of training.
+    refused). Any other `TrainConfig` key is accepted as a keyword (lr=0.05, subset=500, device="cpu", ...)
+    and checked exactly as a `--set KEY=VALUE` is, so a typo or an out-of-range value raises
+    `imgclf.UserError` with a one-line message instead of training.
 
     `quiet` defaults to True here, unlike the CLI: a library's caller owns the terminal, the notebook cell
     or the server log it runs in, and progress bars written to its stderr would clutter them; everything the
@@ -71,12 +72,12 @@ def train(data: str = "digits", model: str | None = None, time_budget: float | N
     from imgclf.training.run import train as run_train
 
     cfg = _config("train", {"data": data, "model": model, "time_budget": time_budget, "epochs": epochs,
-                            "out": None if out is None else str(out), "quiet": True, **options})
+                            "out": None if out is None else str(out), "quiet": True}, options)
     result = run_train(cfg)
     return Run(Path(result.run_dir).absolute(), dict(result.metrics), result.config)  # absolute: cwd may change
 
 
-def compare(data: str = "digits", out: str | Path = "comparison", budget: float | None = None,
+def compare(data: str, out: str | Path, budget: float | None = None,
             seeds: int | None = None, preset: str | None = "transfer", variants: str | Path | None = None,
             fractions: str | Sequence[float] | None = None, **options: Any) -> dict[str, Any]:
     """Train several variants of one setup and compare them, as `imgclf compare` does; returns the
@@ -90,7 +91,7 @@ def compare(data: str = "digits", out: str | Path = "comparison", budget: float 
     """
     from imgclf.experiments.compare import run_compare
 
-    base = _config("compare", {"data": data, "quiet": True, **options})
+    base = _config("compare", {"data": data, "quiet": True}, options)
     return run_compare(base, out=out, preset=preset, variants_file=variants, fractions=fractions, budget=budget,
                        seeds=seeds)
 
