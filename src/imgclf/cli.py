@@ -370,9 +370,14 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from imgclf.inference.export import export_onnx
+    from imgclf.inference.export import export_int8, export_onnx
 
-    report = export_onnx(args.checkpoint, args.out, opset=args.opset)
+    if not args.int8 and (args.calibration_images is not None or args.max_accuracy_drop is not None
+                          or args.data is not None):
+        raise UserError("--data, --calibration-images and --max-accuracy-drop go with --int8")
+    report = (export_int8(args.checkpoint, args.out, opset=args.opset, data=args.data,
+                          calibration_images=args.calibration_images, max_accuracy_drop=args.max_accuracy_drop)
+              if args.int8 else export_onnx(args.checkpoint, args.out, opset=args.opset))
     print(json.dumps(report, indent=2))
     return 0
 
@@ -524,6 +529,16 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=CHECKPOINT, required=True, help=CHECKPOINT_HELP)
     p.add_argument("--out", type=file_path, required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=number(int, "opset", 7), default=18, help="ONNX opset version")
+    from imgclf.defaults import INT8_CALIBRATION_IMAGES, INT8_MAX_ACCURACY_DROP
+
+    p.add_argument("--int8", action="store_true", help="static int8 quantization (ONNX Runtime, QDQ, per-channel "
+                   "weights), calibrated on training images; scored beside fp32 on the validation split, and "
+                   "refused (nothing written) when it loses more than --max-accuracy-drop")
+    p.add_argument("--calibration-images", type=number(int, "calibration-images", 1), default=None,
+                   help=f"with --int8: images to calibrate on (default {INT8_CALIBRATION_IMAGES})")
+    p.add_argument("--max-accuracy-drop", type=number(float, "max-accuracy-drop", 0), default=None, metavar="POINTS",
+                   help=f"with --int8: accuracy points int8 may lose against fp32 (default {INT8_MAX_ACCURACY_DROP:g})")
+    p.add_argument("--data", help="with --int8: DATA to calibrate and score on (default: the checkpoint's own)")
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:

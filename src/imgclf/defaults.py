@@ -57,3 +57,6 @@ COMPARE_SEEDS, SEEDS_MAX_TRAIN_IMAGES, SEEDS_WALL_SECONDS, RUN_OVERHEAD_SECONDS 
 
 # -- the LR range test (imgclf lr-find) --------------------------------------------------------------------------
 LR_FIND_START, LR_FIND_END, LR_FIND_STEPS = 1e-6, 10.0, 100
+
+# -- export --int8 (static int8 through ONNX Runtime's quantization tools) ------------------------------------------
+INT8_CALIBRATION_IMAGES, INT8_MAX_ACCURACY_DROP = 256, 1.0  # calibration images; accuracy points int8 may lose

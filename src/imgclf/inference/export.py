@@ -144,16 +144,9 @@ def agrees(check: dict[str, float]) -> bool:
             and check["max_abs_diff"] <= TOLERANCE * max(1.0, check["max_abs_logit"]))
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> dict[str, Any]:
-    """Export a checkpoint to one ONNX file (dynamic batch axis, metadata inside), verified against torch.
-
-    Nothing is written unless ONNX Runtime reproduces the torch logits within TOLERANCE, so a file at
-    `out` is always one that was checked.
-    """
-    import onnx
-
-    started = time.perf_counter()
-    out = Path(out)
+def _verified_fp32(checkpoint: str | Path, out: Path, opset: int) -> dict[str, Any]:
+    """The fp32 graph with metadata, checked against torch: the file `export_onnx` writes, and `export_int8`'s
+    starting point."""
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as {out / 'model.onnx'}")
     if opset < 7:
@@ -164,11 +157,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> dic
     proto, exporter = _to_onnx(model, torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1)), opset)
 
     meta = onnx_metadata(ckpt, model, sha256_file(checkpoint))
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name, proto.doc_string = "imgclf", f"imgclf {meta['model']} classifier; see metadata_props"
+    _set_metadata(proto, meta)
     data = proto.SerializeToString()
 
     check = verify(model, _ort_session(data), size)
@@ -176,6 +165,30 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> dic
         raise UserError(f"ONNX export does not match torch (max abs difference: logits {check['max_abs_diff']:.3g} "
                         f"at logit scale {check['max_abs_logit']:.3g}, probabilities "
                         f"{check['max_abs_prob_diff']:.3g}; tolerance {TOLERANCE}); {out} was not written")
+    return {"ckpt": ckpt, "proto": proto, "data": data, "meta": meta, "check": check, "exporter": exporter,
+            "size": size}
+
+
+def _set_metadata(proto: Any, meta: dict[str, str]) -> None:
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name, proto.doc_string = "imgclf", f"imgclf {meta['model']} classifier; see metadata_props"
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> dict[str, Any]:
+    """Export a checkpoint to one ONNX file (dynamic batch axis, metadata inside), verified against torch.
+
+    Nothing is written unless ONNX Runtime reproduces the torch logits within TOLERANCE, so a file at
+    `out` is always one that was checked.
+    """
+    import onnx
+
+    started = time.perf_counter()
+    out = Path(out)
+    built = _verified_fp32(checkpoint, out, opset)
+    proto, data, meta, check = built["proto"], built["data"], built["meta"], built["check"]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(out, data)
     return {
@@ -183,10 +196,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> dic
         "checkpoint": str(checkpoint),
         "model": meta["model"],
         "classes": json.loads(meta["classes"]),
-        "input_size": size,
+        "input_size": built["size"],
         "opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset),
         "opset_requested": opset,  # the exporter keeps a newer one when it cannot convert down
-        "exporter": exporter,
+        "exporter": built["exporter"],
         "dynamic_batch": True,
         "verified": True,
         **check,
@@ -195,6 +208,204 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> dic
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "onnx_checker": _check(onnx, proto),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+# -- int8 ----------------------------------------------------------------------------------------------------------
+
+def _split_arrays(ckpt: dict[str, Any], data: str | None, split: str, limit: int | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(images float32 NCHW as the ONNX graph takes them, labels) of a split of the checkpoint's data (or
+    `data`), preprocessed as evaluation preprocesses them; None where the source has no such split."""
+    from imgclf.commands.evaluate import scored_part
+    from imgclf.data.loaders import eval_batch_size, make_loader
+    from imgclf.data.photos import Preprocess as _Preprocess
+    from imgclf.models.checkpoint import checkpoint_config
+
+    cfg = checkpoint_config(ckpt)
+    cfg = cfg.replace(data=data or cfg.data, subset=None, train_fraction=1.0)
+    classes = list(ckpt["classes"])
+    if split == "train":  # the training images as training saw them: a val carved out of train stays out
+        from imgclf.config import data_input_size, load_data
+        from imgclf.data.sources import load_part
+
+        own_val = load_part(cfg.data, "val", classes, data_input_size(cfg)) is not None
+        part = load_part(cfg.data, "train", classes, data_input_size(cfg)) if own_val else load_data(cfg).train
+        if part is None or len(part) == 0:
+            return None
+    else:
+        part = scored_part(cfg, split, classes)
+    preprocess = _Preprocess.from_checkpoint(ckpt)
+    size = preprocess.input_size
+    loader = make_loader(part, eval_batch_size(size, "cpu"), "cpu", train=False, input_size=size,
+                         channels_last=False, num_workers=0, preprocess=preprocess)
+    xs, ys, n = [], [], 0
+    for x, y in loader:
+        xs.append(x.float().contiguous().numpy())
+        ys.append(y.numpy())
+        n += len(y)
+        if limit is not None and n >= limit:
+            break
+    if not xs:
+        return None
+    images, labels = np.concatenate(xs), np.concatenate(ys)
+    return (images[:limit], labels[:limit]) if limit is not None else (images, labels)
+
+
+def _calibration_reader(images: np.ndarray, batch: int = 8) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([images[i:i + batch] for i in range(0, len(images), batch)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.batches, None)
+            return None if x is None else {INPUT_NAME: x}
+
+    return Reader()
+
+
+def _quantize(fp32: bytes, calibration: np.ndarray) -> bytes:
+    """Static QDQ int8 (per-channel int8 weights, int8 activations, MinMax ranges from `calibration`), after
+    ONNX Runtime's pre-processing (shape inference, graph optimisation) where that succeeds."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="imgclf-int8-") as tmp, _quiet_exporter():
+        src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(fp32)
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        except Exception:  # noqa: BLE001 - pre-processing is an optimisation; quantize the plain graph instead
+            pre = src
+        try:
+            quantize_static(str(pre), str(dst), _calibration_reader(calibration), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"int8 quantization failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
+                            ) from None
+        return dst.read_bytes()
+
+
+def _score(session: Any, images: np.ndarray, labels: np.ndarray, batch: int) -> dict[str, float]:
+    """Accuracy over the split, and mean latency of one image and of one batch of `batch` (warmed up)."""
+    logits = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + batch]})[0]
+                             for i in range(0, len(images), batch)])
+    accuracy = float((logits.argmax(1) == labels).mean())
+    singles = images[:min(len(images), 32)]
+    session.run([OUTPUT_NAME], {INPUT_NAME: singles[:1]})
+    started = time.perf_counter()
+    for i in range(len(singles)):
+        session.run([OUTPUT_NAME], {INPUT_NAME: singles[i:i + 1]})
+    single = (time.perf_counter() - started) / len(singles)
+    full = images[:batch]
+    if len(full) < batch:  # a small split: repeat images to a whole batch, so both models time the same shape
+        full = np.resize(full, (batch, *full.shape[1:]))
+    session.run([OUTPUT_NAME], {INPUT_NAME: full})
+    repeats, started = 5, time.perf_counter()
+    for _ in range(repeats):
+        session.run([OUTPUT_NAME], {INPUT_NAME: full})
+    return {"accuracy": accuracy, "single_ms": single * 1e3,
+            "batch_ms": (time.perf_counter() - started) / repeats * 1e3, "predictions": logits.argmax(1)}
+
+
+def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 18, data: str | None = None,
+                calibration_images: int | None = None, max_accuracy_drop: float | None = None,
+                batch: int = 32) -> dict[str, Any]:
+    """Export a checkpoint as a static int8 ONNX model, calibrated on up to `calibration_images` training
+    images (validation images where the source has no training split to read), and scored beside the fp32
+    export on the validation split (the test split where there is no validation split) with ONNX Runtime.
+
+    Nothing is written when int8 loses more than `max_accuracy_drop` accuracy points: a UserError says
+    what it lost.
+    """
+    import onnx
+
+    from imgclf.defaults import INT8_CALIBRATION_IMAGES, INT8_MAX_ACCURACY_DROP
+
+    calibration_images = INT8_CALIBRATION_IMAGES if calibration_images is None else int(calibration_images)
+    max_accuracy_drop = INT8_MAX_ACCURACY_DROP if max_accuracy_drop is None else float(max_accuracy_drop)
+    if calibration_images < 1:
+        raise UserError(f"--calibration-images must be at least 1, got {calibration_images}")
+    if max_accuracy_drop < 0:
+        raise UserError(f"--max-accuracy-drop must be 0 or more points, got {max_accuracy_drop}")
+    started = time.perf_counter()
+    out = Path(out)
+    built = _verified_fp32(checkpoint, out, opset)
+    ckpt, fp32 = built["ckpt"], built["data"]
+
+    scored_split, scored = "val", None
+    try:
+        scored = _split_arrays(ckpt, data, "val")
+    except UserError:
+        scored = None
+    if scored is None:
+        scored_split, scored = "test", _split_arrays(ckpt, data, "test")
+    if scored is None:
+        raise UserError("no validation or test images to score the int8 model on; give --data")
+    calib_split, calib = "train", _split_arrays(ckpt, data, "train", limit=calibration_images)
+    if calib is None:
+        calib_split, calib = scored_split, (scored[0][:calibration_images], scored[1][:calibration_images])
+
+    quantized = onnx.load_from_string(_quantize(fp32, calib[0]))
+    meta = {**built["meta"], "precision": "int8",
+            "quantization": json.dumps({"method": "onnxruntime static QDQ", "weights": "int8 per-channel",
+                                        "activations": "int8 (MinMax)", "calibration_split": calib_split,
+                                        "calibration_images": int(len(calib[0]))})}
+    _set_metadata(quantized, meta)
+    int8 = quantized.SerializeToString()
+
+    images, labels = scored
+    results = {name: _score(_ort_session(blob), images, labels, batch) for name, blob in
+               (("fp32", fp32), ("int8", int8))}
+    drop = (results["fp32"]["accuracy"] - results["int8"]["accuracy"]) * 100
+    agreement = float((results["fp32"].pop("predictions") == results["int8"].pop("predictions")).mean())
+    if drop > max_accuracy_drop + 1e-9:
+        raise UserError(f"int8 loses {drop:.2f} accuracy points on the {scored_split} split ({len(labels)} images: "
+                        f"fp32 {results['fp32']['accuracy']:.2%}, int8 {results['int8']['accuracy']:.2%}), more "
+                        f"than --max-accuracy-drop {max_accuracy_drop:g}; {out} was not written")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(out, int8)
+    ratio = lambda key: round(results["int8"][key] / results["fp32"][key], 3) if results["fp32"][key] else None  # noqa: E731
+    return {
+        "onnx": str(out),
+        "checkpoint": str(checkpoint),
+        "model": meta["model"],
+        "classes": json.loads(meta["classes"]),
+        "input_size": built["size"],
+        "precision": "int8",
+        "opset": max((o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")), default=opset),
+        "exporter": built["exporter"],
+        "dynamic_batch": True,
+        "fp32_verified": True,
+        **{f"fp32_{k}": v for k, v in built["check"].items()},
+        "calibration_split": calib_split,
+        "calibration_images": int(len(calib[0])),
+        "scored_split": scored_split,
+        "scored_images": int(len(labels)),
+        "fp32_accuracy": round(results["fp32"]["accuracy"], 4),
+        "int8_accuracy": round(results["int8"]["accuracy"], 4),
+        "accuracy_drop_points": round(drop, 2),
+        "max_accuracy_drop": max_accuracy_drop,
+        "top1_agreement": round(agreement, 4),
+        "fp32_bytes": len(fp32),
+        "bytes": len(int8),
+        "size_ratio": round(len(int8) / len(fp32), 3),
+        "fp32_single_ms": round(results["fp32"]["single_ms"], 3),
+        "int8_single_ms": round(results["int8"]["single_ms"], 3),
+        "single_latency_ratio": ratio("single_ms"),
+        "latency_batch_size": batch,
+        "fp32_batch_ms": round(results["fp32"]["batch_ms"], 3),
+        "int8_batch_ms": round(results["int8"]["batch_ms"], 3),
+        "batch_latency_ratio": ratio("batch_ms"),
+        "sha256": hashlib.sha256(int8).hexdigest(),
+        "onnx_checker": _check(onnx, quantized),
         "seconds": round(time.perf_counter() - started, 2),
     }
 
