@@ -330,7 +330,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from imgclf.inference.predictor import predict_command
 
     return predict_command(args.images, args.checkpoint, args.onnx, args.top_k, args.device, explain=args.explain,
-                           csv_out=args.out, batch_size=args.batch_size, quiet=args.quiet)
+                           csv_out=args.out, batch_size=args.batch_size, quiet=args.quiet, tta=args.tta)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -384,13 +384,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from imgclf.inference.server import serve
-    from imgclf.inference.settings import serve_options
+    from imgclf.inference.settings import serve_options, switch_options
 
     if bool(args.checkpoint) == bool(args.onnx):
         raise UserError("give exactly one of --checkpoint or --onnx")
     serve(checkpoint=args.checkpoint, onnx=args.onnx, host=args.host, port=args.port, device=args.device,
           api_key=args.api_key or os.environ.get("IMGCLF_API_KEY"),
-          **{option.name: getattr(args, option.name) for option in serve_options()})
+          **{option.name: getattr(args, option.name) for option in [*serve_options(), *switch_options()]})
     return 0
 
 
@@ -482,6 +482,9 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--explain", type=new_path, metavar="DIR", help="write a Grad-CAM overlay of each image "
                    "(NAME.gradcam.png: where the predicted class was seen) to DIR; needs --checkpoint")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average each image over its "
+                   "mirrored and 1-px shifted views (6 views, as `evaluate --tta`: about 6x the compute; the "
+                   "cost is printed to stderr, measured on the first batch)")
 
 
 def _compare_options(p: argparse.ArgumentParser) -> None:
@@ -549,11 +552,14 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=number(int, "port", 0, 65535), default=8000, help="port to listen on")
     p.add_argument("--api-key", type=api_key, help="require this key in the X-API-Key header (default: "
                    "$IMGCLF_API_KEY, else no key)")
-    from imgclf.inference.settings import serve_options
+    from imgclf.inference.settings import serve_options, switch_options
 
     for option in serve_options():  # the limits: defaults, help and bounds from ServerSettings
         p.add_argument(f"--{option.name.replace('_', '-')}", default=option.default, help=option.metadata["help"],
                        type=number(type(option.default), option.name, option.metadata["minimum"]))
+    for option in switch_options():  # on/off (--tta): default and help from ServerSettings
+        p.add_argument(f"--{option.name.replace('_', '-')}", action="store_true", default=option.default,
+                       help=option.metadata["switch"])
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
 
 

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from imgclf.data.listing import is_archive
 from imgclf.data.photos import Preprocess
@@ -31,23 +32,49 @@ from imgclf.runtime import resolve_device
 Backend = Callable[[torch.Tensor], np.ndarray]  # float (N, 3, S, S) in [0, 1] -> logits (N, C)
 Explain = Callable[[str | Path, str], str]  # (image path, label to explain) -> the overlay's path
 
+# Test-time augmentation: the views and weights of `imgclf.evaluation.metrics.tta_logits` (what `evaluate --tta`
+# and training's final evaluation use): the image and its mirror at 1/4 each, and each of them shifted one
+# pixel up-left and down-right (reflect-padded) at 1/8 each. Here they go through the backend as one batch.
+TTA_WEIGHTS = np.array([1 / 4, 1 / 4, 1 / 8, 1 / 8, 1 / 8, 1 / 8], dtype=np.float32)
+TTA_VIEWS = len(TTA_WEIGHTS)
+
+
+def tta_views(x: torch.Tensor) -> torch.Tensor:
+    """(6N, 3, S, S): the N images, their mirrors, then each shifted up-left and down-right, view by view."""
+    h, w = x.shape[-2:]
+    views = [x, x.flip(3)]
+    padded = [F.pad(v, (1, 1, 1, 1), mode="reflect") for v in views]
+    shifted = [s for p in padded for s in (p[..., :h, :w], p[..., 2:, 2:])]
+    return torch.cat([*views, *shifted])
+
+
+def tta_backend_logits(backend: Backend, x: torch.Tensor) -> np.ndarray:
+    """(N, C) logits averaged over the TTA views, all run through `backend` in one call (one ONNX session
+    run, one forward pass)."""
+    logits = np.asarray(backend(tta_views(x)), dtype=np.float32)
+    return np.tensordot(TTA_WEIGHTS, logits.reshape(TTA_VIEWS, len(x), -1), axes=1)
+
 
 class Predictor:
     """Decodes and views each image exactly as evaluation did (`Preprocess`), runs a backend, ranks."""
 
     def __init__(self, backend: Backend, classes: list[str], preprocess: Preprocess, metadata: dict[str, Any],
-                 model: torch.nn.Module | None = None) -> None:
+                 model: torch.nn.Module | None = None, tta: bool = False) -> None:
         self.backend, self.classes, self.preprocessing, self.metadata = backend, classes, preprocess, metadata
         self.model = model  # the torch network behind a checkpoint's backend (Grad-CAM); None for ONNX
+        self.tta = tta  # average each image's logits over the TTA views (6x the compute)
+        # With tta: called once, with the cost line `tta_cost` measured on the first batch predicted.
+        self.on_tta_cost: Callable[[str], None] | None = None
 
     @property
     def input_size(self) -> int:
         return self.preprocessing.input_size
 
     @classmethod
-    def load(cls, checkpoint: str | None = None, onnx: str | None = None, device: str = "auto") -> Predictor:
+    def load(cls, checkpoint: str | None = None, onnx: str | None = None, device: str = "auto",
+             tta: bool = False) -> Predictor:
         """A torch checkpoint (on `device`) or an exported ONNX file (ONNX Runtime, CPU); the seconds it
-        took are metadata["load_seconds"]."""
+        took are metadata["load_seconds"]. `tta`: test-time augmentation (see `tta_views`)."""
         start = time.perf_counter()
         if onnx:
             predictor = load_onnx_predictor(onnx)
@@ -56,6 +83,7 @@ class Predictor:
         else:
             predictor = cls._load_checkpoint(checkpoint, device)
         predictor.metadata["load_seconds"] = time.perf_counter() - start
+        predictor.tta = tta
         return predictor
 
     @classmethod
@@ -92,8 +120,31 @@ class Predictor:
             name = name or ("upload" if isinstance(source, bytes) else str(source))
             raise ValueError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
 
+    def logits(self, batch: torch.Tensor) -> np.ndarray:
+        """(N, C) logits; with `tta`, averaged over the TTA views."""
+        return tta_backend_logits(self.backend, batch) if self.tta else self.backend(batch)
+
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        return softmax(self.backend(batch)).astype(np.float32)
+        if self.tta and self.on_tta_cost is not None:
+            report, self.on_tta_cost = self.on_tta_cost, None
+            logits, line = self.tta_cost(batch)
+            report(line)
+            return softmax(logits).astype(np.float32)
+        return softmax(self.logits(batch)).astype(np.float32)
+
+    def tta_cost(self, batch: torch.Tensor, what: str = "measured on the first batch") -> tuple[np.ndarray, str]:
+        """(the TTA logits of `batch`, a line saying what TTA costs an image against no TTA on it): one
+        untimed pass on one image first (lazy initialisation), then each timed once."""
+        self.backend(batch[:1])
+        start = time.perf_counter()
+        self.backend(batch)
+        plain = time.perf_counter() - start
+        start = time.perf_counter()
+        logits = tta_backend_logits(self.backend, batch)
+        views = time.perf_counter() - start
+        n = len(batch)
+        return logits, (f"imgclf: --tta: {TTA_VIEWS} views an image, {views * 1000 / n:.2f} ms an image vs "
+                        f"{plain * 1000 / n:.2f} ms without ({what}, {n} image{'s' * (n != 1)})")
 
     def rank(self, probs: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
         """Top-k labels of each row; k above the number of classes lists them all."""
@@ -168,7 +219,7 @@ def explainer(predictor: Predictor, out_dir: str | Path) -> Explain:
 def predict_command(images: Sequence[str], checkpoint: str | None = None, onnx: str | None = None, top_k: int = 5,
                     device: str = "auto", out: TextIO | None = None, err: TextIO | None = None,
                     explain: str | None = None, csv_out: str | None = None, batch_size: int = 64,
-                    quiet: bool = False) -> int:
+                    quiet: bool = False, tta: bool = False) -> int:
     """`imgclf predict` over image files, folders and archives, streamed a batch at a time.
 
     Without `csv_out`: one JSON line per readable image on `out`, in order, and one line per bad file on `err`;
@@ -176,14 +227,17 @@ def predict_command(images: Sequence[str], checkpoint: str | None = None, onnx: 
     row per image, an unreadable one with its error in the row (exit code 0), written as results come to a
     temp file renamed into place at the end, with progress on `err` and a JSON summary on `out`. Where
     folders name the model's classes, results carry the true label and the summary the accuracy. With
-    `explain` (a folder) each JSON line also names the Grad-CAM overlay written there.
+    `explain` (a folder) each JSON line also names the Grad-CAM overlay written there. With `tta` each image's
+    logits are averaged over its mirrored and shifted views, and what that costs is printed once on `err`.
     """
     if bool(checkpoint) == bool(onnx):
         raise UserError("give exactly one of --checkpoint or --onnx")
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
     out, err = out or sys.stdout, err or sys.stderr
-    predictor = Predictor.load(checkpoint=checkpoint, onnx=onnx, device=device)
+    predictor = Predictor.load(checkpoint=checkpoint, onnx=onnx, device=device, tta=tta)
+    if tta:
+        predictor.on_tta_cost = lambda line: print(line, file=err, flush=True)
     listing = list_inputs(images, predictor.classes, err)
     if explain and any(is_archive(path) for _, path, _ in listing.inputs):
         raise UserError("--explain takes image files and folders, not archives (extract it first)")

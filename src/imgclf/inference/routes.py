@@ -110,21 +110,23 @@ def add_prediction_routes(app: FastAPI, pipeline: Pipeline, settings: ServerSett
 def add_info_routes(app: FastAPI, pipeline: Pipeline, settings: ServerSettings, errors: Responses,
                     protected: list[Any]) -> None:
     predictor, batcher = pipeline.predictor, pipeline.batcher
-    limits = {k: v for k, v in asdict(settings).items() if k not in ("api_key", "decode_threads")}
+    limits = {k: v for k, v in asdict(settings).items() if k not in ("api_key", "decode_threads", "tta")}
 
     @app.get("/health", response_model=Health, summary="Liveness: the model is loaded and serving")
     async def health() -> dict[str, Any]:
         return {"status": "ok"}
 
     @app.get("/metadata", responses={k: v for k, v in errors.items() if k == 401}, dependencies=protected,
-             summary="The model, its classes and input size, and the serving limits")
+             summary="The model, its classes and input size, whether it uses test-time augmentation, and "
+                     "the serving limits")
     async def metadata() -> dict[str, Any]:
         meta = predictor.metadata
         return {"model": meta.get("model"), "backend": meta.get("backend"), "classes": predictor.classes,
                 "num_classes": len(predictor.classes), "input_size": predictor.input_size,
                 "input": "RGB, resized (short side) and center-cropped to input_size; normalized in the model",
                 "checkpoint_sha256": meta.get("checkpoint_sha256"), "onnx_sha256": meta.get("onnx_sha256"),
-                "limits": limits, "batching": {**batcher.stats.as_dict(), "queued": batcher.queued}}
+                "tta": predictor.tta, "limits": limits,
+                "batching": {**batcher.stats.as_dict(), "queued": batcher.queued}}
 
 
 def add_metrics_route(app: FastAPI, metrics: Metrics, errors: Responses, protected: list[Any]) -> None:

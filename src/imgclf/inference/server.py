@@ -48,6 +48,7 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
     requests in the app's metrics)."""
     settings = settings or ServerSettings()
     settings.check()
+    predictor.tta = predictor.tta or settings.tta
     metrics = Metrics(str(predictor.metadata.get("model")), predictor.metadata.get("load_seconds", 0.0),
                       queue_depth=lambda: pipeline.batcher.queued)
     pipeline = Pipeline(predictor, settings, on_batch=metrics.batch)
@@ -132,7 +133,12 @@ def serve(checkpoint: str | None = None, onnx: str | None = None, host: str = "1
     try:
         workers, threads = inference_plan(device)
         settings = replace(settings, workers=workers)
-        predictor = Predictor.load(checkpoint=checkpoint, onnx=onnx, device=device)
+        predictor = Predictor.load(checkpoint=checkpoint, onnx=onnx, device=device, tta=settings.tta)
+        if settings.tta:  # a timed warm-up: what the views cost, said once
+            warmup = torch.rand(settings.max_batch_size, 3, predictor.input_size, predictor.input_size,
+                                generator=torch.Generator().manual_seed(0))
+            print(predictor.tta_cost(warmup, "measured on a warm-up batch at start-up")[1], file=sys.stderr,
+                  flush=True)
     except BaseException:
         sock.close()
         raise
@@ -143,7 +149,8 @@ def serve(checkpoint: str | None = None, onnx: str | None = None, host: str = "1
     config = uvicorn.Config(app, log_level="info", access_log=False, timeout_graceful_shutdown=5,
                             server_header=False)
     shown = f"[{host}]" if ":" in host else host
-    print(f"imgclf: serving {predictor.metadata.get('model')} ({predictor.metadata.get('backend')}, {workers} "
+    print(f"imgclf: serving {predictor.metadata.get('model')} ({predictor.metadata.get('backend')}"
+          f"{', TTA' if predictor.tta else ''}, {workers} "
           f"worker(s) x {threads} thread(s)) on http://{shown}:{sock.getsockname()[1]}  (docs: /docs, page: /)",
           file=sys.stderr, flush=True)
     uvicorn.Server(config).run(sockets=[sock])

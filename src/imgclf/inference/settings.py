@@ -1,8 +1,8 @@
 """The server's settings: one frozen dataclass whose field defaults are the documented limits.
 
-The server, `imgclf serve`'s flags (their defaults, help and lower bounds, see `serve_options`) and the
-micro-batcher's defaults all read them here. This module imports no web framework, so the CLI can build
-its parser without the serve extra installed.
+The server, `imgclf serve`'s flags (their defaults, help and lower bounds, see `serve_options` and
+`switch_options`) and the micro-batcher's defaults all read them here. This module imports no web framework,
+so the CLI can build its parser without the serve extra installed.
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ class ServerSettings:
                                       "together; more is refused with 413")
     # Per /predict/batch request: two batches of the default size; bulk jobs belong to `imgclf predict`.
     max_files: int = _option(64, 1, "most files in one /predict/batch request")
+    # Test-time augmentation: each image's logits averaged over 6 views (mirror, 1-px shifts), 6x the compute.
+    tta: bool = field(default=False, metadata={"switch": "test-time augmentation: average each image over its "
+                                                       "mirrored and 1-px shifted views (6 views: about 6x the "
+                                                       "compute; the cost is printed at start-up)"})
     decode_threads: int = 0  # 0: min(4, cores)
     workers: int = _option(1, 1)  # inference threads, each running whole batches; serve sets it (inference_plan)
 
@@ -72,3 +76,9 @@ def serve_options() -> list[Field[Any]]:
     """The settings that `imgclf serve` takes as flags (--max-batch-size ...): each has a help text, a
     default and a minimum here."""
     return [option for option in fields(ServerSettings) if option.metadata.get("help")]
+
+
+def switch_options() -> list[Field[Any]]:
+    """The on/off settings that `imgclf serve` takes as flags without a value (--tta): off by default, their
+    help text is metadata["switch"]."""
+    return [option for option in fields(ServerSettings) if option.metadata.get("switch")]
