@@ -300,12 +300,7 @@ SLOW: list[tuple[str, str]] = [
 ]
 
 # (kind pattern, way pattern) -> the one-line symptom of a bug in imgclf that fails those cells today
-ONE_BATCH = ("staged fine-tuning under a time budget with under 2 training batches (flowers-mini --subset 15 "
-             "--batch-size 8): StopIteration traceback from staged.choose_depth's probe, next(it)")
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("flowers-mini", "compare"): ONE_BATCH,  # compare's fine-tuned variant trains under --budget
-    ("flowers-mini", "pretrained-budget"): ONE_BATCH,
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def _cell(kind: str, way: str) -> pytest.param:

@@ -411,9 +411,12 @@ def train_speedrun(cfg: TrainConfig, splits: Splits, run_dir: Path,
     if cfg.mixup or cfg.cutmix or cfg.ema or cfg.accumulate > 1:
         raise UserError("the speed run has its own loop, with its own weight averaging (lookahead): drop "
                         "--mixup, --cutmix, --ema and --accumulate")
-    if not isinstance(splits.train, ImageSet) or splits.train.image_size < 16:
+    if not isinstance(splits.train, ImageSet):
         raise UserError("the speed run is for small square images held in memory (CIFAR-like, 16 to 64 px); "
                         "for photos use the default recipe or --recipe finetune")
+    if splits.train.image_size < 16:
+        raise UserError(f"the speed run is tuned for 16 to 64 px squares; these are {splits.train.image_size} px: "
+                        "drop --recipe (the default recipe trains them)")
     speed = speed_config_for(cfg)
     compile_seconds = warm_up_compile(speed, device, len(splits.val), len(splits.classes))
     net, step_model, result = fit_speednet(splits.train, speed, device)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from imgclf.config import TrainConfig
+from imgclf.data.loaders import endless
 from imgclf.models.base import ImageClassifier
 from imgclf.runtime import autocast
 from imgclf.training.finetune import freeze_backbone, set_trainable_top, unwrap
@@ -149,8 +151,8 @@ def choose_depth(model: ImageClassifier, batches: Iterable[tuple[torch.Tensor, t
     and backward only (no optimizer step, so nothing changes), until one no longer fits; returns the depth
     (0: none fits) and the measured images per second by depth.
     """
-    it = iter(batches)
-    sample = [next(it) for _ in range(PROBE_STEPS + 1)]
+    # a set with fewer batches than the probe's steps (a few photos, a large --batch-size) cycles round
+    sample = list(itertools.islice(endless(batches), PROBE_STEPS + 1))
     need = MIN_TOP_EPOCHS * num_train
     rates: dict[int, float] = {}
     chosen = 0
