@@ -611,77 +611,68 @@ def _doctor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the facts as JSON")
 
 
+# each command: (name, one-line summary, longer description or None, options function or None, handler)
+AddOptions = Callable[[argparse.ArgumentParser], None]
+COMMANDS: list[tuple[str, str, str | None, AddOptions | None, Callable[[argparse.Namespace], int]]] = [
+    ("train", "train a model; writes a run directory",
+     "Train a model from scratch or fine-tune a pretrained one. Writes a run directory (config.yaml, "
+     "history.csv, metrics.json, classes.json, checkpoints/last.pt and best.pt), prints its path at "
+     "start and end, and prints the final metrics as JSON.",
+     _train_options, _cmd_train),
+    ("evaluate", "accuracy, loss, per-class accuracy and confusion matrix as JSON",
+     None,
+     _evaluate_options, _cmd_evaluate),
+    ("predict", "classify image files, folders or archives; JSON lines on stdout, or a CSV (--out)",
+     None,
+     _predict_options, _cmd_predict),
+    ("compare", "train variants on one split and write a comparison report",
+     "Train several variants (by default from scratch vs fine-tuning a pretrained network) on the "
+     "same split with the same budget; writes DIR/report.html, report.md and comparison.json, and "
+     "each run's directory under DIR/runs/.",
+     _compare_options, _cmd_compare),
+    ("report", "write RUN_DIR/report.html and report.md",
+     None,
+     _report_options, _cmd_report),
+    ("lr-find", "learning-rate range test: prints a suggested LR and saves the plot",
+     None,
+     _lr_find_options, _cmd_lr_find),
+    ("export", "export a checkpoint to ONNX, verified against torch",
+     None,
+     _export_options, _cmd_export),
+    ("serve", "HTTP inference server (FastAPI)",
+     "Serve a model over HTTP: POST /predict (form field `file`), POST /predict/batch (form field "
+     "`files`, repeated), GET /health, /metadata, /docs and a page at /.",
+     _serve_options, _cmd_serve),
+    ("scratch-nn", "the NumPy network written from scratch",
+     None,
+     _scratch_nn_options, _cmd_scratch_nn),
+    ("models", "list the model names and whether their ImageNet weights are installed",
+     None,
+     None, _cmd_models),
+    ("recipes", "list the shipped recipes (--recipe NAME)",
+     None,
+     None, _cmd_recipes),
+    ("inspect", "a dataset health check before training: DIR/inspection.html and inspection.json",
+     "Check a dataset before training: images per class and split, sample images, sizes and aspect "
+     "ratios, unreadable files, exact and near duplicates (within a class, across classes, across "
+     "splits) and, given --checkpoint, suspected label errors on the images it did not train on.",
+     _inspect_options, _cmd_inspect),
+    ("doctor", "this machine in one screen: Python, torch, CPU, CUDA, weights, cache, extras",
+     None,
+     _doctor_options, _cmd_doctor),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="imgclf", description=DESCRIPTION, epilog=EPILOG, formatter_class=TopHelpFormatter)
     parser.add_argument("--version", action="version", version=f"imgclf {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, summary: str, description: str | None = None) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=summary, description=description or summary, formatter_class=HelpFormatter)
-
-    p = command("train", "train a model; writes a run directory",
-                "Train a model from scratch or fine-tune a pretrained one. Writes a run directory (config.yaml, "
-                "history.csv, metrics.json, classes.json, checkpoints/last.pt and best.pt), prints its path at "
-                "start and end, and prints the final metrics as JSON.")
-    _train_options(p)
-    p.set_defaults(func=_cmd_train)
-
-    p = command("evaluate", "accuracy, loss, per-class accuracy and confusion matrix as JSON")
-    _evaluate_options(p)
-    p.set_defaults(func=_cmd_evaluate)
-
-    p = command("predict", "classify image files, folders or archives; JSON lines on stdout, or a CSV (--out)")
-    _predict_options(p)
-    p.set_defaults(func=_cmd_predict)
-
-    p = command("compare", "train variants on one split and write a comparison report",
-                "Train several variants (by default from scratch vs fine-tuning a pretrained network) on the "
-                "same split with the same budget; writes DIR/report.html, report.md and comparison.json, and "
-                "each run's directory under DIR/runs/.")
-    _compare_options(p)
-    p.set_defaults(func=_cmd_compare)
-
-    p = command("report", "write RUN_DIR/report.html and report.md")
-    _report_options(p)
-    p.set_defaults(func=_cmd_report)
-
-    p = command("lr-find", "learning-rate range test: prints a suggested LR and saves the plot")
-    _lr_find_options(p)
-    p.set_defaults(func=_cmd_lr_find)
-
-    p = command("export", "export a checkpoint to ONNX, verified against torch")
-    _export_options(p)
-    p.set_defaults(func=_cmd_export)
-
-    p = command("serve", "HTTP inference server (FastAPI)",
-                "Serve a model over HTTP: POST /predict (form field `file`), POST /predict/batch (form field "
-                "`files`, repeated), GET /health, /metadata, /docs and a page at /.")
-    _serve_options(p)
-    p.set_defaults(func=_cmd_serve)
-
-    p = command("scratch-nn", "the NumPy network written from scratch")
-    _scratch_nn_options(p)
-    p.set_defaults(func=_cmd_scratch_nn)
-
-    p = command("models", "list the model names and whether their ImageNet weights are installed")
-    p.set_defaults(func=_cmd_models)
-
-    p = command("recipes", "list the shipped recipes (--recipe NAME)")
-    p.set_defaults(func=_cmd_recipes)
-
-    p = command("inspect", "a dataset health check before training: DIR/inspection.html and inspection.json",
-                "Check a dataset before training: images per class and split, sample images, sizes and aspect "
-                "ratios, unreadable files, exact and near duplicates (within a class, across classes, across "
-                "splits) and, given --checkpoint, suspected label errors on the images it did not train on.")
-    _inspect_options(p)
-    p.set_defaults(func=_cmd_inspect)
-
-    p = command("doctor", "this machine in one screen: Python, torch, CPU, CUDA, weights, cache, extras")
-    _doctor_options(p)
-    p.set_defaults(func=_cmd_doctor)
+    for name, summary, description, add_options, handler in COMMANDS:
+        p = sub.add_parser(name, help=summary, description=description or summary, formatter_class=HelpFormatter)
+        if add_options is not None:
+            add_options(p)
+        p.set_defaults(func=handler)
     return parser
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:
