@@ -176,7 +176,12 @@ BAD: dict[str, dict[str, tuple[list[str], str]]] = {
     "report": {"RUN_DIR": (["/no/such/run"], "run directory not found")},
     "export": {"--checkpoint": (["--checkpoint", "/no/such.pt", "--out", "m.onnx"], "checkpoint not found"),
                "--out": (["--checkpoint", "{ckpt}", "--out", "."], "is a folder"),
-               "--opset": (["--checkpoint", "{ckpt}", "--out", "m.onnx", "--opset", "3"], "opset must be at least 7")},
+               "--opset": (["--checkpoint", "{ckpt}", "--out", "m.onnx", "--opset", "3"], "opset must be at least 7"),
+               "--calibration-images": (["--checkpoint", "{ckpt}", "--out", "m.onnx", "--int8",
+                                         "--calibration-images", "0"], "calibration-images must be"),
+               "--max-accuracy-drop": (["--checkpoint", "{ckpt}", "--out", "m.onnx", "--int8",
+                                        "--max-accuracy-drop", "-1"], "must be"),
+               "--data": (["--checkpoint", "{ckpt}", "--out", "m.onnx", "--data", "digits"], "--int8")},
     "serve": {"--checkpoint": (["--checkpoint", "/no/such.pt"], "checkpoint not found"),
               "--onnx": (["--onnx", "/no/such.onnx"], "ONNX file not found"),
               **{flag: (["--checkpoint", "{ckpt}", flag, value], message) for flag, value, message in [
