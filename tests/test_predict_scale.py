@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from helpers import imgclf, make_folder
-from imgclf.commands.evaluate import evaluate_checkpoint, joined
+from imgclf.commands.evaluate import evaluate_checkpoint
+from imgclf.config import joined
 from imgclf.data import ImageSet, load_splits
 from imgclf.data.photos import PhotoSet, Preprocess
 from imgclf.errors import UserError

@@ -298,6 +298,40 @@ def load_data(cfg: TrainConfig) -> Splits:
                        stream={"stream": True, "memory": False}.get(cfg.loader))  # auto: None, decided by size
 
 
+def scored_part(cfg: TrainConfig, split: str, classes: list[str]) -> Any:
+    """The images of `split` labelled by the checkpoint's `classes`. A folder's own test/ or val/ (or all of
+    it) is listed and streamed, decoding nothing else; other sources, and val carved out of train, load as
+    training loaded them (from the decode cache after a run)."""
+    from imgclf.data.sources import load_part
+
+    part = load_part(cfg.data, split, classes, data_input_size(cfg))
+    if part is not None:
+        return part
+    splits = load_data(cfg)
+    if splits.classes != classes:
+        raise UserError(f"{cfg.data}: classes {splits.classes[:4]}... differ from the checkpoint's "
+                        f"{classes[:4]}...")
+    if split == "all":
+        return joined([p for p in (splits.train, splits.val, splits.test) if p is not None])
+    part = getattr(splits, split)
+    if part is None:
+        raise UserError(f"{cfg.data} has no {split} split: --split all scores every image, --split val the "
+                        "validation images")
+    return part
+
+
+def joined(parts: list[Any]) -> Any:
+    """The decoded splits of one source (a built-in set or an archive: one form, one class list) as one set
+    (an ImageSet or a PhotoSet)."""
+    from imgclf.data import ImageSet
+    from imgclf.data.photos import PhotoSet
+
+    first, labels = parts[0], np.concatenate([p.labels for p in parts])
+    if isinstance(first, ImageSet):
+        return ImageSet(np.concatenate([p.images for p in parts]), labels, first.classes)
+    return PhotoSet([im for p in parts for im in p.images], labels, first.classes, first.image_size)
+
+
 def _input_size(cfg: TrainConfig, data_side: int) -> int:
     """The model's input side: --image-size, the weights' own, or the data's own, raised to the smallest
     input the model accepts (small data is upsampled to it); an explicit size below that is refused."""

@@ -6,13 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from imgclf.config import TrainConfig, data_input_size, load_data
-from imgclf.data import FileSet, ImageSet
+from imgclf.config import scored_part
 from imgclf.data.loaders import eval_batch_size, make_loader
-from imgclf.data.photos import PhotoSet, Preprocess
-from imgclf.data.sources import load_part
+from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import predict_logits, summarize
 from imgclf.models.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
@@ -43,29 +39,3 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
             **summarize(logits, labels, classes)}
 
 
-def scored_part(cfg: TrainConfig, split: str, classes: list[str]) -> ImageSet | PhotoSet | FileSet:
-    """The images of `split` labelled by the checkpoint's `classes`. A folder's own test/ or val/ (or all of
-    it) is listed and streamed, decoding nothing else; other sources, and val carved out of train, load as
-    training loaded them (from the decode cache after a run)."""
-    part = load_part(cfg.data, split, classes, data_input_size(cfg))
-    if part is not None:
-        return part
-    splits = load_data(cfg)
-    if splits.classes != classes:
-        raise UserError(f"{cfg.data}: classes {splits.classes[:4]}... differ from the checkpoint's "
-                        f"{classes[:4]}...")
-    if split == "all":
-        return joined([p for p in (splits.train, splits.val, splits.test) if p is not None])
-    part = getattr(splits, split)
-    if part is None:
-        raise UserError(f"{cfg.data} has no {split} split: --split all scores every image, --split val the "
-                        "validation images")
-    return part
-
-
-def joined(parts: list[Any]) -> ImageSet | PhotoSet:
-    """The decoded splits of one source (a built-in set or an archive: one form, one class list) as one set."""
-    first, labels = parts[0], np.concatenate([p.labels for p in parts])
-    if isinstance(first, ImageSet):
-        return ImageSet(np.concatenate([p.images for p in parts]), labels, first.classes)
-    return PhotoSet([im for p in parts for im in p.images], labels, first.classes, first.image_size)

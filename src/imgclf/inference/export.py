@@ -218,7 +218,7 @@ def _split_arrays(ckpt: dict[str, Any], data: str | None, split: str, limit: int
                   ) -> tuple[np.ndarray, np.ndarray] | None:
     """(images float32 NCHW as the ONNX graph takes them, labels) of a split of the checkpoint's data (or
     `data`), preprocessed as evaluation preprocesses them; None where the source has no such split."""
-    from imgclf.commands.evaluate import scored_part
+    from imgclf.config import scored_part
     from imgclf.data.loaders import eval_batch_size, make_loader
     from imgclf.data.photos import Preprocess as _Preprocess
     from imgclf.models.checkpoint import checkpoint_config
@@ -315,18 +315,8 @@ def _score(session: Any, images: np.ndarray, labels: np.ndarray, batch: int) -> 
             "batch_ms": (time.perf_counter() - started) / repeats * 1e3, "predictions": logits.argmax(1)}
 
 
-def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 18, data: str | None = None,
-                calibration_images: int | None = None, max_accuracy_drop: float | None = None,
-                batch: int = 32) -> dict[str, Any]:
-    """Export a checkpoint as a static int8 ONNX model, calibrated on up to `calibration_images` training
-    images (validation images where the source has no training split to read), and scored beside the fp32
-    export on the validation split (the test split where there is no validation split) with ONNX Runtime.
-
-    Nothing is written when int8 loses more than `max_accuracy_drop` accuracy points: a UserError says
-    what it lost.
-    """
-    import onnx
-
+def _int8_limits(calibration_images: int | None, max_accuracy_drop: float | None) -> tuple[int, float]:
+    """The calibration size and accuracy tolerance asked for, else defaults.py's; out of range: one line."""
     from imgclf.defaults import INT8_CALIBRATION_IMAGES, INT8_MAX_ACCURACY_DROP
 
     calibration_images = INT8_CALIBRATION_IMAGES if calibration_images is None else int(calibration_images)
@@ -335,11 +325,12 @@ def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 18, data: 
         raise UserError(f"--calibration-images must be at least 1, got {calibration_images}")
     if max_accuracy_drop < 0:
         raise UserError(f"--max-accuracy-drop must be 0 or more points, got {max_accuracy_drop}")
-    started = time.perf_counter()
-    out = Path(out)
-    built = _verified_fp32(checkpoint, out, opset)
-    ckpt, fp32 = built["ckpt"], built["data"]
+    return calibration_images, max_accuracy_drop
 
+
+def _int8_images(ckpt: dict[str, Any], data: str | None, calibration_images: int) -> tuple[str, Any, str, Any]:
+    """(scored split, its (images, labels), calibration split, its images): int8 is scored on val (test where
+    there is none) and calibrated on training images, or on the scored ones where no training split is read."""
     scored_split, scored = "val", None
     try:
         scored = _split_arrays(ckpt, data, "val")
@@ -352,6 +343,28 @@ def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 18, data: 
     calib_split, calib = "train", _split_arrays(ckpt, data, "train", limit=calibration_images)
     if calib is None:
         calib_split, calib = scored_split, (scored[0][:calibration_images], scored[1][:calibration_images])
+    return scored_split, scored, calib_split, calib
+
+
+def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 18, data: str | None = None,
+                calibration_images: int | None = None, max_accuracy_drop: float | None = None,
+                batch: int = 32) -> dict[str, Any]:
+    """Export a checkpoint as a static int8 ONNX model, calibrated on up to `calibration_images` training
+    images (validation images where the source has no training split to read), and scored beside the fp32
+    export on the validation split (the test split where there is no validation split) with ONNX Runtime.
+
+    Nothing is written when int8 loses more than `max_accuracy_drop` accuracy points: a UserError says
+    what it lost.
+    """
+    import onnx
+
+    calibration_images, max_accuracy_drop = _int8_limits(calibration_images, max_accuracy_drop)
+    started = time.perf_counter()
+    out = Path(out)
+    built = _verified_fp32(checkpoint, out, opset)
+    ckpt, fp32 = built["ckpt"], built["data"]
+
+    scored_split, scored, calib_split, calib = _int8_images(ckpt, data, calibration_images)
 
     quantized = onnx.load_from_string(_quantize(fp32, calib[0]))
     meta = {**built["meta"], "precision": "int8",
