@@ -117,6 +117,10 @@ def test_the_default_number_of_seeds() -> None:
     assert seeds == 1 and "--seeds 3" in why
     assert compare.default_seeds(40_000, 2, 20.0)[0] == 1  # large data
     assert compare.default_seeds(300, 2, None)[0] == 1  # --epochs or until the plateau: time unknown
+    # the passes over every image beside the budget count: digits through Lite2 at 260 px at --budget 3 ran
+    # 6 runs past a 2-minute limit when only the budget and a fixed overhead were reckoned
+    assert compare.default_seeds(1293, 2, 3.0)[0] == 3
+    assert compare.default_seeds(1293, 2, 3.0, pass_seconds=40.0)[0] == 1
 
 
 def test_seeds_repeat_exactly_on_one_split(tmp_path: Path) -> None:

@@ -61,17 +61,19 @@ def thin(splits: Any, cfg: TrainConfig) -> Any:
     return thin_train(splits, cfg.subset, cfg.train_fraction, split_seed(cfg))
 
 
-def default_seeds(train_images: int, runs: int, budget: float | None) -> tuple[int, str]:
+def default_seeds(train_images: int, runs: int, budget: float | None, pass_seconds: float = 0.0) -> tuple[int, str]:
     """How many seeds a comparison trains without --seeds, and why: COMPARE_SEEDS on a training set of at most
     SEEDS_MAX_TRAIN_IMAGES when a budget fixes each run's time and all `runs` x COMPARE_SEEDS runs fit in
-    SEEDS_WALL_SECONDS (RUN_OVERHEAD_SECONDS each beside the budget), else 1. The budget is never cut to make
-    room: a shorter run answers another question (on flowers-mini the derived 60 s is the floor of BUDGET_RANGE)."""
+    SEEDS_WALL_SECONDS, each costing RUN_OVERHEAD_SECONDS and `pass_seconds` (the passes over its images that
+    the budget does not count: a fine-tuned run's feature pass, the final evaluation) beside the budget, else 1.
+    The budget is never cut to make room: a shorter run answers another question (on flowers-mini the derived
+    60 s is the floor of BUDGET_RANGE)."""
     if budget is None:
         return 1, "1 seed (no time budget, so the time of repeats is not known in advance; --seeds N to repeat)"
     if train_images > SEEDS_MAX_TRAIN_IMAGES:
         return 1, (f"1 seed ({train_images:,} training images: large enough that seeds vary little; --seeds N to "
                    "measure it)")
-    total = runs * COMPARE_SEEDS * (budget + RUN_OVERHEAD_SECONDS)
+    total = runs * COMPARE_SEEDS * (budget + RUN_OVERHEAD_SECONDS + pass_seconds)
     if total > SEEDS_WALL_SECONDS:
         return 1, (f"1 seed ({COMPARE_SEEDS} seeds of {runs} runs at {budget:g} s would take about "
                    f"{total / 60:.0f} min; --seeds {COMPARE_SEEDS} to measure the spread anyway)")
@@ -79,9 +81,9 @@ def default_seeds(train_images: int, runs: int, budget: float | None) -> tuple[i
                            f"{runs * COMPARE_SEEDS} runs fit in about {total / 60:.0f} min)")
 
 
-def derived_budget(plans: list[Plan], shared: dict[tuple[Any, ...], Any]) -> float:
-    """Seconds per run from the data and the machine: BUDGET_EPOCH_PASSES forward passes over the training
-    images of the slowest (largest-input) variant at its measured speed here, within BUDGET_RANGE."""
+def slowest_rate(plans: list[Plan]) -> tuple[Plan, float]:
+    """The slowest (largest-input) variant and its inference rate measured here, in images per second: what
+    the derived budget and the time of repeats are reckoned from."""
     import time
 
     import torch
@@ -91,14 +93,22 @@ def derived_budget(plans: list[Plan], shared: dict[tuple[Any, ...], Any]) -> flo
 
     slowest = max(plans, key=lambda p: data_input_size(p.cfg) or 0)
     size = data_input_size(slowest.cfg) or 32
-    num_train = len(thin(shared[_decode_key(slowest.cfg)], slowest.cfg).train)
     model = build_model(slowest.cfg.model, 2).eval().to(memory_format=torch.channels_last)
     x = torch.rand(16, 3, size, size).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         model(x)
         tick = time.perf_counter()
         model(x)
-        rate = len(x) / (time.perf_counter() - tick)
+        return slowest, len(x) / (time.perf_counter() - tick)
+
+
+def _parts(splits: Any) -> list[Any]:
+    return [p for p in (splits.train, splits.val, splits.test) if p is not None]
+
+
+def derived_budget(num_train: int, rate: float) -> float:
+    """Seconds per run from the data and the machine: BUDGET_EPOCH_PASSES forward passes over `num_train`
+    training images at the slowest variant's measured `rate`, within BUDGET_RANGE."""
     return float(round(min(max(BUDGET_EPOCH_PASSES * num_train / rate, BUDGET_RANGE[0]), BUDGET_RANGE[1])))
 
 
@@ -144,14 +154,20 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
         build_model(plan.cfg.model, len(shared[key].classes), pretrained=plan.cfg.pretrained,
                     weights=plan.cfg.weights, width=plan.cfg.width)
     until_plateau = bool(base_cfg.early_stop_patience) and budget is None and base_cfg.epochs is None
-    if not until_plateau and budget is None and base_cfg.epochs is None:
-        budget = derived_budget(plans, shared)
+    derive = not until_plateau and budget is None and base_cfg.epochs is None
+    slowest, rate = slowest_rate(plans) if derive or (seeds is None and budget is not None) else (None, 0.0)
+    if derive:
+        budget = derived_budget(len(thin(shared[_decode_key(slowest.cfg)], slowest.cfg).train), rate)
         if not base_cfg.quiet:
             print(f"compare: {budget:.0f} s of training for each run (derived from the data and this machine; "
                   "--budget S or --epochs N to choose)", file=sys.stderr)
     if seeds is None:
         train_images = max(len(thin(shared[_decode_key(p.cfg)], p.cfg).train) for p in plans)
-        seeds, seeds_reason = default_seeds(train_images, len(plans), None if until_plateau else budget)
+        # beside its budget a run passes over every image at least once (a fine-tuned run's cached features,
+        # the final evaluation): Lite2 at 260 px on a CPU spends minutes there on digits' 1,797 images
+        every_image = sum(len(part) for part in _parts(shared[_decode_key(slowest.cfg)])) if slowest else 0
+        seeds, seeds_reason = default_seeds(train_images, len(plans), None if until_plateau else budget,
+                                            every_image / rate if rate else 0.0)
     else:
         seeds_reason = f"{seeds} seed{'s' if seeds > 1 else ''} (--seeds {seeds})"
     if not base_cfg.quiet:
