@@ -177,6 +177,14 @@ def _set_metadata(proto: Any, meta: dict[str, str]) -> None:
     proto.producer_name, proto.doc_string = "imgclf", f"imgclf {meta['model']} classifier; see metadata_props"
 
 
+def _exported(out: Path, checkpoint: str | Path, built: dict[str, Any], proto: Any, opset: int) -> dict[str, Any]:
+    """What every export reports about the file it wrote (fp32 or int8)."""
+    return {"onnx": str(out), "checkpoint": str(checkpoint), "model": built["meta"]["model"],
+            "classes": json.loads(built["meta"]["classes"]), "input_size": built["size"],
+            "opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset),
+            "exporter": built["exporter"], "dynamic_batch": True}
+
+
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> dict[str, Any]:
     """Export a checkpoint to one ONNX file (dynamic batch axis, metadata inside), verified against torch.
 
@@ -188,19 +196,12 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> dic
     started = time.perf_counter()
     out = Path(out)
     built = _verified_fp32(checkpoint, out, opset)
-    proto, data, meta, check = built["proto"], built["data"], built["meta"], built["check"]
+    proto, data, check = built["proto"], built["data"], built["check"]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(out, data)
     return {
-        "onnx": str(out),
-        "checkpoint": str(checkpoint),
-        "model": meta["model"],
-        "classes": json.loads(meta["classes"]),
-        "input_size": built["size"],
-        "opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset),
+        **_exported(out, checkpoint, built, proto, opset),
         "opset_requested": opset,  # the exporter keeps a newer one when it cannot convert down
-        "exporter": built["exporter"],
-        "dynamic_batch": True,
         "verified": True,
         **check,
         "tolerance": TOLERANCE,
@@ -387,15 +388,8 @@ def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 18, data: 
     write_bytes(out, int8)
     ratio = lambda key: round(results["int8"][key] / results["fp32"][key], 3) if results["fp32"][key] else None  # noqa: E731
     return {
-        "onnx": str(out),
-        "checkpoint": str(checkpoint),
-        "model": meta["model"],
-        "classes": json.loads(meta["classes"]),
-        "input_size": built["size"],
+        **_exported(out, checkpoint, built, quantized, opset),
         "precision": "int8",
-        "opset": max((o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")), default=opset),
-        "exporter": built["exporter"],
-        "dynamic_batch": True,
         "fp32_verified": True,
         **{f"fp32_{k}": v for k, v in built["check"].items()},
         "calibration_split": calib_split,
