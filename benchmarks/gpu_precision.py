@@ -16,7 +16,7 @@ import torch
 
 from _common import add_gpu_args, emit, find_archive, full_train_and_test, machine_info, peak_gpu_memory_mb
 from imgclf.runtime import resolve_device
-from imgclf.training.speedrun import FAST, config_dict, run_speedrun, shrunk
+from imgclf.training.speedrun import FAST, run_speedrun, shrunk
 
 VARIANTS = {"fp32": ("fp32", True), "fp32_no_tf32": ("fp32", False), "bf16": ("bf16", True), "fp16": ("fp16", True)}
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = shrunk(cfg).replace(log_every=1, tta_level=0)
     train, test = full_train_and_test(find_archive(args.archive), smoke=args.smoke, smoke_sizes=(300, 100))
     result: dict[str, Any] = {"benchmark": "gpu_precision", "smoke": args.smoke, **machine_info(device),
-                              "config": config_dict(cfg), "variants": {}}
+                              "config": cfg.to_dict(), "variants": {}}
     tf32_default = torch.backends.cudnn.allow_tf32
     for name, (precision, tf32) in VARIANTS.items():
         torch.backends.cudnn.allow_tf32 = tf32

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from _common import add_gpu_args, emit, find_archive, full_train_and_test, machine_info, peak_gpu_memory_mb
+from imgclf.defaults import SPEED_PRESETS, SpeedConfig
 from imgclf.runtime import resolve_device
-from imgclf.training.speedrun import PRESETS, SpeedConfig, config_dict, run_speedrun, shrunk
+from imgclf.training.speedrun import run_speedrun, shrunk
 
 
 def summarize(name: str, cfg: SpeedConfig, runs: list[dict[str, Any]],
@@ -36,7 +37,7 @@ def summarize(name: str, cfg: SpeedConfig, runs: list[dict[str, Any]],
         "epochs": runs[0]["epochs"], "steps": runs[0]["steps"], "precision": runs[0]["precision"],
         "num_params": runs[0]["num_params"], "peak_gpu_memory_mb": peak_mb,
         "per_run": [{k: r[k] for k in ("tta_accuracy", "accuracy", "train_seconds")} for r in runs],
-        "config": config_dict(cfg),
+        "config": cfg.to_dict(),
     }
 
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                               "data_seconds": round(time.perf_counter() - started, 2), "presets": {}}
     for name, count in (("fast", args.runs), ("long", args.long_runs)):
         compiled = not args.no_compile if name == "fast" else args.compile_long
-        cfg = PRESETS[name].replace(compile=device.type == "cuda" and compiled, compile_mode=args.compile_mode)
+        cfg = SPEED_PRESETS[name].replace(compile=device.type == "cuda" and compiled, compile_mode=args.compile_mode)
         if args.smoke:
             cfg = shrunk(cfg)
         if device.type == "cuda":

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from helpers import make_folder
+from imgclf import config
 from imgclf.cli import main
 from imgclf.evaluation.diagnosis import read_history
-from imgclf.experiments import compare, verdict
+from imgclf.experiments import verdict
 from imgclf.reporting import curves
 from imgclf.reporting.comparison import summarize_seeds
 from imgclf.reporting.curves import SaturatingFit, crossing, crossing_text, extrapolate, fit_saturating
@@ -112,15 +113,38 @@ def test_the_spread_over_seeds_and_the_standard_error() -> None:
 
 
 def test_the_default_number_of_seeds() -> None:
-    assert compare.default_seeds(300, 2, 20.0)[0] == 3  # small data, 6 runs at 20 s fit in 5 minutes
-    seeds, why = compare.default_seeds(270, 2, 60.0)  # flowers-mini: its derived budget is the 60 s floor
+    assert config.default_seeds(300, 2, 20.0)[0] == 3  # small data, 6 runs at 20 s fit in 5 minutes
+    seeds, why = config.default_seeds(270, 2, 60.0)  # flowers-mini: its derived budget is the 60 s floor
     assert seeds == 1 and "--seeds 3" in why
-    assert compare.default_seeds(40_000, 2, 20.0)[0] == 1  # large data
-    assert compare.default_seeds(300, 2, None)[0] == 1  # --epochs or until the plateau: time unknown
+    assert config.default_seeds(40_000, 2, 20.0)[0] == 1  # large data
+    assert config.default_seeds(300, 2, None)[0] == 1  # --epochs or until the plateau: time unknown
     # the passes over every image beside the budget count: digits through Lite2 at 260 px at --budget 3 ran
     # 6 runs past a 2-minute limit when only the budget and a fixed overhead were reckoned
-    assert compare.default_seeds(1293, 2, 3.0)[0] == 3
-    assert compare.default_seeds(1293, 2, 3.0, pass_seconds=40.0)[0] == 1
+    assert config.default_seeds(1293, 2, 3.0)[0] == 3
+    assert config.default_seeds(1293, 2, 3.0, pass_seconds=40.0)[0] == 1
+
+
+def test_compare_plan_measures_only_what_it_decides() -> None:
+    """The plan times the machine only when a budget or seed count is left open, derives the budget from the
+    measured rate within BUDGET_RANGE, and never repeats an unbudgeted run."""
+    from imgclf.config import TrainConfig, plan_compare
+    from imgclf.defaults import BUDGET_RANGE
+
+    calls: list[int] = []
+
+    def measure() -> tuple[int, int, float]:
+        calls.append(1)
+        return 300, 400, 20.0  # 300 training images at 20 img/s: 10 passes = 150 s
+
+    base = TrainConfig(data="digits")
+    given = plan_compare(base, 30.0, 2, 2, 300, measure)
+    assert (given.budget, given.seeds, given.budget_derived, calls) == (30.0, 2, False, [])
+    derived = plan_compare(base, None, None, 2, 300, measure)
+    assert derived.budget == 150.0 and derived.budget_derived and derived.stopping == "budget" and calls == [1]
+    assert plan_compare(base, None, None, 2, 30, lambda: (30, 40, 1e6)).budget == BUDGET_RANGE[0]
+    plateau = plan_compare(base.replace(early_stop_patience=3), None, None, 2, 300, measure)
+    assert (plateau.stopping, plateau.budget, plateau.seeds) == ("plateau", None, 1)
+    assert plan_compare(base.replace(epochs=3), None, 5, 2, 300, measure).stopping == "epochs"
 
 
 def test_seeds_repeat_exactly_on_one_split(tmp_path: Path) -> None:

@@ -15,6 +15,9 @@ import yaml
 
 from imgclf.defaults import (
     BATCH_SIZE,
+    BUDGET_EPOCH_PASSES,
+    BUDGET_RANGE,
+    COMPARE_SEEDS,
     DEFAULT_EPOCHS,
     DEFAULT_LR,
     DEFAULT_MODEL,
@@ -27,11 +30,17 @@ from imgclf.defaults import (
     LOW_RES_SHARE,
     NUM_WORKERS,
     PHOTO_CROP_FRACTION,
+    RUN_OVERHEAD_SECONDS,
     SCRATCH_CPU_BATCH_SIZE,
     SCRATCH_CPU_LR,
     SCRATCH_OPTIMIZER,
+    SEEDS_MAX_TRAIN_IMAGES,
+    SEEDS_WALL_SECONDS,
     SIZING_MIN_EPOCHS,
     SIZING_WIDTHS,
+    SPEED_EVAL_BATCHES,
+    SPEED_PRESET_MODELS,
+    SPEED_PRESETS,
     STAGED_UNFREEZE_GROUPS,
 )
 from imgclf.errors import UserError
@@ -405,6 +414,8 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
     from imgclf.data.imageset import ImageSet
     from imgclf.runtime import cpu_has_bf16
 
+    if cfg.speedrun:
+        return _speed_plan(cfg, splits, device)
     strategy = resolve_strategy(cfg)
     scratch = strategy == "scratch"
     on_cpu = device.type == "cpu"
@@ -449,3 +460,109 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
         return resolved.replace(width=1.0)
     width, sizing = _size_width(resolved, measure, len(splits.train))
     return resolved.replace(width=width, extra={**cfg.extra, "sizing": sizing})
+
+
+def _speed_plan(cfg: TrainConfig, splits: Splits, device: torch.device) -> TrainConfig:
+    """The speed run's plan: the preset under the user's own flags (--epochs; --batch-size at the preset's LR
+    per step: on 2,000 CIFAR images in batches of 250, 46-49 % vs 36 % at its LR per example; --width,
+    --seed, --compile, --no-amp, --tta), every knob recorded in extra["speedrun_config"]; flags the speed
+    engine has no use for are refused here, before anything is written."""
+    from imgclf.data.imageset import ImageSet
+    from imgclf.models.speednet import scaled_widths
+    from imgclf.runtime import cpu_has_bf16
+
+    model = SPEED_PRESET_MODELS[cfg.speedrun]
+    if cfg.model != model:
+        raise UserError(f"the {cfg.speedrun} speed run trains its own net ({model}); drop --model {cfg.model}")
+    if cfg.time_budget or cfg.pretrained or cfg.weights:
+        raise UserError("the speed run trains from scratch for a number of epochs: use --epochs, not "
+                        "--time-budget, --pretrained or --weights")
+    if (cfg.class_weights, cfg.sampler, cfg.monitor) != ("none", "shuffle", "val_acc"):
+        raise UserError("the speed run has its own loss and order and keeps its final weights only: drop "
+                        "--class-weights, --sampler and --monitor")
+    if cfg.mixup or cfg.cutmix or cfg.ema or cfg.accumulate > 1:
+        raise UserError("the speed run has its own loop, with its own weight averaging (lookahead): drop "
+                        "--mixup, --cutmix, --ema and --accumulate")
+    if cfg.logger != "none" or cfg.checkpoint_every != TrainConfig.checkpoint_every:
+        raise UserError("a speed run takes seconds and keeps final weights only: --logger and --checkpoint-every "
+                        "do not apply to it")
+    if not isinstance(splits.train, ImageSet):
+        raise UserError("the speed run is for small square images held in memory (CIFAR-like, 16 to 64 px); "
+                        "for photos use the default recipe or --recipe finetune")
+    size = splits.train.image_size
+    if size < 16:
+        raise UserError(f"the speed run is tuned for 16 to 64 px squares; these are {size} px: "
+                        "drop --recipe (the default recipe trains them)")
+    preset = SPEED_PRESETS[cfg.speedrun]
+    batch = cfg.batch_size or preset.batch_size
+    bf16 = device.type == "cuda" or cpu_has_bf16()
+    speed = preset.replace(
+        epochs=float(cfg.epochs) if cfg.epochs else preset.epochs, batch_size=batch,
+        lr=preset.lr * preset.batch_size / batch,
+        eval_batch_size=min(preset.eval_batch_size, SPEED_EVAL_BATCHES * batch),
+        widths=scaled_widths(model, cfg.width or 1.0), seed=cfg.seed, compile=cfg.compile,
+        channels_last=cfg.channels_last, precision="bf16" if cfg.amp is not False and bf16 else "fp32",
+        tta_level=2 if cfg.tta else 0)
+    return cfg.replace(
+        data=str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data,
+        batch_size=batch, epochs=cfg.epochs, image_size=size, width=cfg.width or 1.0, crop_fraction=1.0,
+        resize="crop", amp=speed.precision != "fp32", strategy="scratch",
+        extra={**cfg.extra, "speedrun_config": speed.to_dict()})
+
+
+# -- compare's plan: each run's budget and the number of seeds ----------------------------------------------------
+
+@dataclass(frozen=True)
+class ComparePlan:
+    stopping: str  # budget | epochs | plateau (--early-stop without --budget or --epochs)
+    budget: float | None  # seconds of training per run
+    budget_derived: bool  # from the data and this machine's measured rate, not --budget
+    seeds: int
+    seeds_reason: str  # what the report says was done, and why
+
+
+def plan_compare(base: TrainConfig, budget: float | None, seeds: int | None, runs: int, train_images: int,
+                 measure: Callable[[], tuple[int, int, float]]) -> ComparePlan:
+    """Decide what `compare` leaves open: without --budget, --epochs or --early-stop each run's budget is
+    derived; without --seeds, `default_seeds` decides. `measure()` gives the slowest variant's training
+    images, all its images and its images per second on this machine (timed only when a decision needs it)."""
+    until_plateau = bool(base.early_stop_patience) and budget is None and base.epochs is None
+    derive = not until_plateau and budget is None and base.epochs is None
+    slowest_train, every_image, rate = measure() if derive or (seeds is None and budget is not None) else (0, 0, 0.0)
+    if derive:
+        budget = derived_budget(slowest_train, rate)
+    if seeds is None:
+        # beside its budget a run passes over every image at least once (a fine-tuned run's cached features,
+        # the final evaluation): Lite2 at 260 px on a CPU spends minutes there on digits' 1,797 images
+        seeds, reason = default_seeds(train_images, runs, None if until_plateau else budget,
+                                      every_image / rate if rate else 0.0)
+    else:
+        reason = f"{seeds} seed{'s' if seeds > 1 else ''} (--seeds {seeds})"
+    stopping = "plateau" if until_plateau else "budget" if budget else "epochs"
+    return ComparePlan(stopping, budget, derive, seeds, reason)
+
+
+def derived_budget(num_train: int, rate: float) -> float:
+    """Seconds per run from the data and the machine: BUDGET_EPOCH_PASSES forward passes over `num_train`
+    training images at the slowest variant's measured `rate`, within BUDGET_RANGE."""
+    return float(round(min(max(BUDGET_EPOCH_PASSES * num_train / rate, BUDGET_RANGE[0]), BUDGET_RANGE[1])))
+
+
+def default_seeds(train_images: int, runs: int, budget: float | None, pass_seconds: float = 0.0) -> tuple[int, str]:
+    """How many seeds a comparison trains without --seeds, and why: COMPARE_SEEDS on a training set of at most
+    SEEDS_MAX_TRAIN_IMAGES when a budget fixes each run's time and all `runs` x COMPARE_SEEDS runs fit in
+    SEEDS_WALL_SECONDS, each costing RUN_OVERHEAD_SECONDS and `pass_seconds` (the passes over its images that
+    the budget does not count: a fine-tuned run's feature pass, the final evaluation) beside the budget, else 1.
+    The budget is never cut to make room: a shorter run answers another question (on flowers-mini the derived
+    60 s is the floor of BUDGET_RANGE)."""
+    if budget is None:
+        return 1, "1 seed (no time budget, so the time of repeats is not known in advance; --seeds N to repeat)"
+    if train_images > SEEDS_MAX_TRAIN_IMAGES:
+        return 1, (f"1 seed ({train_images:,} training images: large enough that seeds vary little; --seeds N to "
+                   "measure it)")
+    total = runs * COMPARE_SEEDS * (budget + RUN_OVERHEAD_SECONDS + pass_seconds)
+    if total > SEEDS_WALL_SECONDS:
+        return 1, (f"1 seed ({COMPARE_SEEDS} seeds of {runs} runs at {budget:g} s would take about "
+                   f"{total / 60:.0f} min; --seeds {COMPARE_SEEDS} to measure the spread anyway)")
+    return COMPARE_SEEDS, (f"{COMPARE_SEEDS} seeds (default on {train_images:,} training images: all "
+                           f"{runs * COMPARE_SEEDS} runs fit in about {total / 60:.0f} min)")

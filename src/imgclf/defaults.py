@@ -8,6 +8,9 @@ may read it. Figures: 2 CPU cores of an AMD EPYC with AVX-512 and bf16 unless a 
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
 # -- what to train -----------------------------------------------------------------------------------------------
 DEFAULT_MODEL = "fastcnn"
 DEFAULT_PRETRAINED_MODEL = "efficientnet_lite2"  # what --pretrained alone fine-tunes (as --recipe finetune)
@@ -60,3 +63,70 @@ LR_FIND_START, LR_FIND_END, LR_FIND_STEPS = 1e-6, 10.0, 100
 
 # -- export --int8 (static int8 through ONNX Runtime's quantization tools) ------------------------------------------
 INT8_CALIBRATION_IMAGES, INT8_MAX_ACCURACY_DROP = 256, 1.0  # calibration images; accuracy points int8 may lose
+
+# -- the speed run (--recipe speedrun: training/speedrun.py) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """Every knob of a speed run, at the `fast` preset's values (airbench94's: 94 % on CIFAR-10 in about 10
+    epochs on a GPU). LR and weight decay are in airbench's units (per 1024 summed examples)."""
+
+    # schedule and optimizer
+    epochs: float = 9.9
+    batch_size: int = 1024
+    lr: float = 11.5
+    momentum: float = 0.85
+    weight_decay: float = 0.0153
+    bias_scaler: float = 64.0  # BatchNorm biases learn this much faster, with this much less decay
+    label_smoothing: float = 0.2
+    warmup_frac: float = 0.23  # LR rises linearly from lr_start to 1 over this share of steps, then falls
+    lr_start: float = 0.2
+    lr_end: float = 0.07
+    # lookahead: every `lookahead_every` steps the weights are pulled to an EMA (decay grows like progress^3)
+    lookahead: bool = True
+    lookahead_every: int = 5
+    lookahead_decay: float = 0.95
+    # network
+    widths: tuple[int, int, int] = (64, 256, 256)
+    depth: int = 2  # convs per block; 3 adds a residual over the last two
+    bn_momentum: float = 0.6  # airbench sense: share of the old running statistics kept
+    head_scale: float = 1 / 9
+    whiten_kernel: int = 2
+    whiten_eps: float = 5e-4
+    whiten_images: int = 5000
+    whiten_bias_epochs: float = 3.0  # the whitening layer's bias trains this long, then stops
+    # data augmentation (on whole epochs, on the device) and test-time augmentation
+    flip: str = "alternate"  # alternate | random | none
+    translate: int = 2
+    cutout: int = 0
+    tta_level: int = 2  # 0 none, 1 flip, 2 flip + one-pixel translations
+    # machine
+    precision: str = "auto"  # auto (bf16 on CUDA, and on CPUs with native bf16) | fp32 | bf16 | fp16
+    fp16_init_scale: float = 256.0  # the summed loss already gives large gradients
+    channels_last: bool = True
+    compile: bool = False
+    compile_mode: str | None = None
+    eval_batch_size: int = 2000
+    log_every: int = 0  # > 0: record the training loss every this many steps (costs a sync each time)
+    seed: int = 0
+
+    def replace(self, **changes: Any) -> SpeedConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON data (config.yaml's extra.speedrun_config, reports)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SpeedConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+# `long`: airbench96's direction, wider and deeper for longer, with cutout (a GPU recipe)
+SPEED_PRESETS: dict[str, SpeedConfig] = {
+    "fast": SpeedConfig(),
+    "long": SpeedConfig(epochs=40.0, widths=(128, 512, 512), depth=3, lr=9.0, translate=4, cutout=12),
+}
+SPEED_PRESET_MODELS = {"fast": "speednet", "long": "speednet_long"}
+SPEED_EVAL_BATCHES = 8  # a speed run evaluates in batches of at most this many training batches (and the preset's)

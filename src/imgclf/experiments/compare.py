@@ -18,16 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from imgclf.config import TrainConfig, resolve_strategy
-from imgclf.defaults import (
-    BUDGET_EPOCH_PASSES,
-    BUDGET_RANGE,
-    COMPARE_SEEDS,
-    PLATEAU_MAX_EPOCHS,
-    RUN_OVERHEAD_SECONDS,
-    SEEDS_MAX_TRAIN_IMAGES,
-    SEEDS_WALL_SECONDS,
-)
+from imgclf.config import TrainConfig, plan_compare, resolve_strategy
+from imgclf.defaults import PLATEAU_MAX_EPOCHS
 from imgclf.errors import TrainingDiverged, UserError
 from imgclf.experiments.variants import (
     Plan,
@@ -61,26 +53,6 @@ def thin(splits: Any, cfg: TrainConfig) -> Any:
     return thin_train(splits, cfg.subset, cfg.train_fraction, split_seed(cfg))
 
 
-def default_seeds(train_images: int, runs: int, budget: float | None, pass_seconds: float = 0.0) -> tuple[int, str]:
-    """How many seeds a comparison trains without --seeds, and why: COMPARE_SEEDS on a training set of at most
-    SEEDS_MAX_TRAIN_IMAGES when a budget fixes each run's time and all `runs` x COMPARE_SEEDS runs fit in
-    SEEDS_WALL_SECONDS, each costing RUN_OVERHEAD_SECONDS and `pass_seconds` (the passes over its images that
-    the budget does not count: a fine-tuned run's feature pass, the final evaluation) beside the budget, else 1.
-    The budget is never cut to make room: a shorter run answers another question (on flowers-mini the derived
-    60 s is the floor of BUDGET_RANGE)."""
-    if budget is None:
-        return 1, "1 seed (no time budget, so the time of repeats is not known in advance; --seeds N to repeat)"
-    if train_images > SEEDS_MAX_TRAIN_IMAGES:
-        return 1, (f"1 seed ({train_images:,} training images: large enough that seeds vary little; --seeds N to "
-                   "measure it)")
-    total = runs * COMPARE_SEEDS * (budget + RUN_OVERHEAD_SECONDS + pass_seconds)
-    if total > SEEDS_WALL_SECONDS:
-        return 1, (f"1 seed ({COMPARE_SEEDS} seeds of {runs} runs at {budget:g} s would take about "
-                   f"{total / 60:.0f} min; --seeds {COMPARE_SEEDS} to measure the spread anyway)")
-    return COMPARE_SEEDS, (f"{COMPARE_SEEDS} seeds (default on {train_images:,} training images: all "
-                           f"{runs * COMPARE_SEEDS} runs fit in about {total / 60:.0f} min)")
-
-
 def slowest_rate(plans: list[Plan]) -> tuple[Plan, float]:
     """The slowest (largest-input) variant and its inference rate measured here, in images per second: what
     the derived budget and the time of repeats are reckoned from."""
@@ -104,12 +76,6 @@ def slowest_rate(plans: list[Plan]) -> tuple[Plan, float]:
 
 def _parts(splits: Any) -> list[Any]:
     return [p for p in (splits.train, splits.val, splits.test) if p is not None]
-
-
-def derived_budget(num_train: int, rate: float) -> float:
-    """Seconds per run from the data and the machine: BUDGET_EPOCH_PASSES forward passes over `num_train`
-    training images at the slowest variant's measured `rate`, within BUDGET_RANGE."""
-    return float(round(min(max(BUDGET_EPOCH_PASSES * num_train / rate, BUDGET_RANGE[0]), BUDGET_RANGE[1])))
 
 
 def _clean_train_accuracy(model: Any, train_set: Any, cfg: TrainConfig) -> float:
@@ -153,23 +119,18 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
         resolve_strategy(plan.cfg)  # so does a strategy the weights cannot serve, or weights that do not fit
         build_model(plan.cfg.model, len(shared[key].classes), pretrained=plan.cfg.pretrained,
                     weights=plan.cfg.weights, width=plan.cfg.width)
-    until_plateau = bool(base_cfg.early_stop_patience) and budget is None and base_cfg.epochs is None
-    derive = not until_plateau and budget is None and base_cfg.epochs is None
-    slowest, rate = slowest_rate(plans) if derive or (seeds is None and budget is not None) else (None, 0.0)
-    if derive:
-        budget = derived_budget(len(thin(shared[_decode_key(slowest.cfg)], slowest.cfg).train), rate)
-        if not base_cfg.quiet:
-            print(f"compare: {budget:.0f} s of training for each run (derived from the data and this machine; "
-                  "--budget S or --epochs N to choose)", file=sys.stderr)
-    if seeds is None:
-        train_images = max(len(thin(shared[_decode_key(p.cfg)], p.cfg).train) for p in plans)
-        # beside its budget a run passes over every image at least once (a fine-tuned run's cached features,
-        # the final evaluation): Lite2 at 260 px on a CPU spends minutes there on digits' 1,797 images
-        every_image = sum(len(part) for part in _parts(shared[_decode_key(slowest.cfg)])) if slowest else 0
-        seeds, seeds_reason = default_seeds(train_images, len(plans), None if until_plateau else budget,
-                                            every_image / rate if rate else 0.0)
-    else:
-        seeds_reason = f"{seeds} seed{'s' if seeds > 1 else ''} (--seeds {seeds})"
+    def measure() -> tuple[int, int, float]:  # the slowest variant: its training images, all its images, img/s
+        slowest, rate = slowest_rate(plans)
+        data = shared[_decode_key(slowest.cfg)]
+        return len(thin(data, slowest.cfg).train), sum(len(part) for part in _parts(data)), rate
+
+    train_images = max(len(thin(shared[_decode_key(p.cfg)], p.cfg).train) for p in plans)
+    decided = plan_compare(base_cfg, budget, seeds, len(plans), train_images, measure)
+    budget, seeds, seeds_reason = decided.budget, decided.seeds, decided.seeds_reason
+    until_plateau = decided.stopping == "plateau"
+    if decided.budget_derived and not base_cfg.quiet:
+        print(f"compare: {budget:.0f} s of training for each run (derived from the data and this machine; "
+              "--budget S or --epochs N to choose)", file=sys.stderr)
     if not base_cfg.quiet:
         print(f"compare: {seeds_reason}", file=sys.stderr)
     # until the plateau: each approach trains until its validation accuracy stops improving, within a cap
@@ -189,7 +150,7 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
     comparison = {"preset": study.name, "description": study.description, "judge": study.judge, "split": split,
                   "eval_images": len(first.test if split == "test" else first.val), "reference": study.reference,
                   "classes": list(first.classes), "budget_seconds": budget, "fractions": fraction_list,
-                  "stopping": ("plateau" if until_plateau else "budget" if budget else "epochs"),
+                  "stopping": decided.stopping,
                   "early_stop_patience": base_cfg.early_stop_patience,
                   "max_epochs": PLATEAU_MAX_EPOCHS if until_plateau else None,
                   "seeds": sorted({p.cfg.seed for p in plans}), "seeds_reason": seeds_reason,

@@ -25,6 +25,7 @@ from imgclf.rundir import RunDir, skipped_summary
 from imgclf.runtime import plain_step, resolve_amp, resolve_device, seed_everything
 from imgclf.training import callbacks as cb
 from imgclf.training import distributed
+from imgclf.training.engine import Fitted
 from imgclf.training.losses import criterion_for, imbalance_warning
 from imgclf.training.optim import build_optimizer, decay_split
 from imgclf.training.plan import optimizer_groups, plan_finetune
@@ -105,54 +106,81 @@ def resume_run(resume: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], 
 def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any] | None = None,
           extra_callbacks: list[cb.Callback] | None = None, splits: Splits | None = None) -> TrainResult:
     """Train per `cfg` (or continue `resume`) and write the run directory; returns its metrics.
-    Reads as: where -> data -> resolve (the plan) -> build -> fit -> write.
+    Reads as: where -> data -> resolve (the plan) -> build and fit (either engine) -> write.
 
     `splits` lets a caller that trains several variants (compare) decode the data once.
     """
     ckpt, cfg, run_dir = resume_run(resume, overrides or {}) if resume else (None, cfg, RunDir.new(cfg.out, cfg).path)
+    run = RunDir(run_dir)
     dist = distributed.setup(cfg)
     device = dist.device if dist.active else resolve_device(cfg.device)
-    if cfg.speedrun and (cfg.logger != "none" or cfg.checkpoint_every != TrainConfig.checkpoint_every):
-        raise UserError("a speed run takes seconds and keeps final weights only: --logger and --checkpoint-every "
-                        "do not apply to it")
     tensorboard = None
-    if cfg.logger == "tensorboard" and dist.is_main:  # a missing package is refused now, before the data is read
+    if cfg.logger == "tensorboard" and dist.is_main and not cfg.speedrun:  # a missing package: refused now
         from imgclf.training.tensorboard import TensorBoardLogger
 
         tensorboard = TensorBoardLogger(run_dir / "tensorboard")
     seed_everything(cfg.seed)
     splits = checked_data(cfg, splits, ckpt, dist.is_main)
-    if cfg.speedrun:  # the speed engine: its own loop, the same RunDir and checkpoint builder
-        from imgclf.training.speedrun import train_speedrun
-
-        cfg, metrics, model = train_speedrun(cfg, splits, run_dir, device)
-        return TrainResult(run_dir, metrics, model, [], cfg)
     cfg = planned(cfg, splits, device, fresh=ckpt is None, announce=dist.is_main and not cfg.quiet)
-    callbacks = run_callbacks(cfg, RunDir(run_dir), dist.is_main, tensorboard) + (extra_callbacks or [])
-    trainer, extra = build_trainer(cfg, splits, device, dist, ckpt, callbacks)
-    if dist.is_main and not RunDir(run_dir).has_plan():  # a new run, or a resume moved by --out
-        RunDir(run_dir).write_plan(trainer.config, splits.classes)
 
     started = time.perf_counter()
-    trainer.fit()
-    weights = deliver_best_weights(trainer, RunDir(run_dir))
-    if trainer.stop_reason and not cfg.quiet and dist.is_main:
-        print(f"imgclf: {trainer.stop_reason}", file=sys.stderr)
-    metrics = final_metrics(trainer, splits, device, run_dir, dist.is_main)
-    metrics["weights"] = weights  # which weights the final numbers (and the returned model) are: "raw" | "ema"
-    metrics["delivered_epoch"] = trainer.best_epoch or trainer.epoch  # best.pt's: what the numbers describe
-    if extra.get("staged"):  # the head phase ran before the Trainer's clock: count it as training time
-        metrics["staged"] = extra["staged"]
-        metrics["train_seconds"] = round(metrics["train_seconds"] + extra["staged"].get("seconds", 0.0), 3)
-    streamed = [name for loader in (trainer.train_loader, trainer.val_loader)
-                for name in getattr(loader, "unreadable", [])]
-    metrics["skipped_files"] = skipped_summary(splits, streamed)
+    if cfg.speedrun:  # whole epochs on the device: no per-batch loop, no callbacks
+        from imgclf.training.speedrun import fit_speedrun
+
+        fitted = fit_speedrun(cfg, splits, device, run)
+    else:
+        callbacks = run_callbacks(cfg, run, dist.is_main, tensorboard) + (extra_callbacks or [])
+        fitted = fit_loop(cfg, splits, device, dist, ckpt, run, callbacks)
+    metrics = {**scored(fitted, splits, run, dist.is_main), **fitted.figures}
+    metrics["skipped_files"] = skipped_summary(splits, metrics.pop("streamed_skipped", []))
     metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     if dist.is_main:
-        RunDir(run_dir).write_metrics(metrics)
+        run.write_metrics(metrics)
     dist.teardown()
-    return TrainResult(run_dir, metrics, trainer.model, trainer.history, trainer.config)
+    return TrainResult(run_dir, metrics, fitted.model, fitted.history, fitted.config)
+
+
+def fit_loop(cfg: TrainConfig, splits: Splits, device: torch.device, dist: Any, ckpt: dict[str, Any] | None,
+             run: RunDir, callbacks: list[cb.Callback]) -> Fitted:
+    """The Trainer engine: build (restored from `ckpt` when resuming), write the plan, fit, and hand back
+    the weights best.pt delivers with the loop's own figures."""
+    trainer, extra = build_trainer(cfg, splits, device, dist, ckpt, callbacks)
+    if dist.is_main and not run.has_plan():  # a new run, or a resume moved by --out
+        run.write_plan(trainer.config, splits.classes)
+    trainer.fit()
+    weights = deliver_best_weights(trainer, run)
+    if trainer.stop_reason and not cfg.quiet and dist.is_main:
+        print(f"imgclf: {trainer.stop_reason}", file=sys.stderr)
+    cfg, amp_dtype = trainer.config, trainer.amp_dtype
+
+    def logits(part: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        loader = eval_loader_for(cfg, part, device)
+        scored_logits, labels = predict_logits(trainer.model, loader, amp_dtype=amp_dtype, tta=cfg.tta)
+        plain = predict_logits(trainer.model, loader, amp_dtype=amp_dtype)[0] if cfg.tta else None
+        return scored_logits, labels, plain
+
+    images_seen = trainer.step * cfg.batch_size * cfg.accumulate
+    figures: dict[str, Any] = {
+        "best_epoch": trainer.best_epoch,
+        "best_val_accuracy": trainer.best_val_acc,
+        "monitor": cfg.monitor,
+        "best_monitored": trainer.best_score,  # the best epoch's val_acc or val_macro_f1 (what best.pt holds)
+        "epochs_run": trainer.epoch,
+        "steps": trainer.step,
+        "train_seconds": round(trainer.train_seconds, 3),
+        "images_per_second": round(images_seen / max(trainer.train_seconds, 1e-9), 1),
+        "stop_reason": trainer.stop_reason,
+        "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
+        "weights": weights,  # which weights the final numbers (and the returned model) are: "raw" | "ema"
+        "delivered_epoch": trainer.best_epoch or trainer.epoch,  # best.pt's: what the numbers describe
+        "streamed_skipped": [name for loader in (trainer.train_loader, trainer.val_loader)
+                             for name in getattr(loader, "unreadable", [])],
+    }
+    if extra.get("staged"):  # the head phase ran before the Trainer's clock: count it as training time
+        figures["staged"] = extra["staged"]
+        figures["train_seconds"] = round(figures["train_seconds"] + extra["staged"].get("seconds", 0.0), 3)
+    return Fitted(trainer.model, trainer.config, logits, figures, trainer.history)
 
 
 def checked_data(cfg: TrainConfig, splits: Splits | None, ckpt: dict[str, Any] | None, is_main: bool) -> Splits:
@@ -277,25 +305,22 @@ def training_rate(cfg: TrainConfig, data: Any, num_classes: int, device: torch.d
     return images / max(elapsed, 1e-9)
 
 
-def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, run_dir: Path,
-                  is_main: bool) -> dict[str, Any]:
-    """Val and test numbers of the delivered weights; test logits saved for the report (test read only here)."""
-    cfg, amp_dtype = trainer.config, trainer.amp_dtype
+def scored(fitted: Fitted, splits: Splits, run: RunDir, is_main: bool) -> dict[str, Any]:
+    """Val and test numbers of the delivered weights, the same for every engine; the logits are saved for the
+    report (test is read only here)."""
+    cfg, model = fitted.config, fitted.model
     results: dict[str, Any] = {}
     for name in ("val", "test"):
         part = getattr(splits, name)
         if part is None:
             results[name] = None
             continue
-        loader = eval_loader_for(cfg, part, device)
-        logits, labels = predict_logits(trainer.model, loader, amp_dtype=amp_dtype, tta=cfg.tta)
+        logits, labels, plain = fitted.logits(part)
         results[name] = summarize(logits, labels, splits.classes)
-        if cfg.tta:  # what the views added, measured rather than assumed
-            plain, _ = predict_logits(trainer.model, loader, amp_dtype=amp_dtype)
+        if plain is not None:  # what the views added, measured rather than assumed
             results[name]["accuracy_without_tta"] = loss_and_accuracy(plain, labels)[1]
         if is_main:
-            RunDir(run_dir).save_predictions(name, logits, labels)
-    images_seen = trainer.step * cfg.batch_size * cfg.accumulate
+            run.save_predictions(name, logits, labels)
     return {
         "val_accuracy": results["val"]["accuracy"],
         "test_accuracy": results["test"]["accuracy"] if results["test"] else None,
@@ -303,21 +328,11 @@ def final_metrics(trainer: Trainer, splits: Splits, device: torch.device, run_di
             for name in ("val", "test") if results[name]} if cfg.tta else {}),
         "val_loss": results["val"]["loss"],
         "test_loss": results["test"]["loss"] if results["test"] else None,
-        "best_epoch": trainer.best_epoch,
-        "best_val_accuracy": trainer.best_val_acc,
-        "monitor": cfg.monitor,
-        "best_monitored": trainer.best_score,  # the best epoch's val_acc or val_macro_f1 (what best.pt holds)
-        "epochs_run": trainer.epoch,
-        "steps": trainer.step,
-        "train_seconds": round(trainer.train_seconds, 3),
-        "images_per_second": round(images_seen / max(trainer.train_seconds, 1e-9), 1),
         "model": cfg.model,
-        "num_params": sum(p.numel() for p in trainer.model.parameters()),
+        "num_params": sum(p.numel() for p in model.parameters()),
         "input_size": cfg.image_size,
-        "device": str(device),
-        "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
+        "device": str(next(model.parameters()).device),
         "tta": cfg.tta,
-        "stop_reason": trainer.stop_reason,
         "per_class_test_accuracy": results["test"]["per_class_accuracy"] if results["test"] else None,
         **{f"{name}_{key}": results[name][key] if results[name] else None for name in ("val", "test")
            for key in SCORE_KEYS},  # val_macro_f1, test_per_class, ...

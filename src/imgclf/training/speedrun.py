@@ -6,8 +6,9 @@ and the net is built for the data: a frozen patch-whitening first conv, BatchNor
 and fast-moving statistics, GELU, max-pooled conv blocks, a scaled-down linear head. SGD with summed loss,
 label smoothing, a triangular LR, lookahead (EMA pull-back every few steps) and flip/translate TTA at the end.
 
-Every knob lives in `SpeedConfig`; `PRESETS` names the two settings (`fast`: ~10 epochs like airbench94,
-`long`: wider and deeper for longer like airbench96). The same code runs on a CPU (fp32 or bf16) and on CUDA
+Every knob lives in `SpeedConfig` and the presets in `SPEED_PRESETS` (imgclf/defaults.py: `fast`, ~10 epochs
+like airbench94; `long`, wider and deeper for longer like airbench96); `config.resolve` turns a preset and the
+user's flags into the run's knobs. The same code runs on a CPU (fp32 or bf16) and on CUDA
 (bf16, or fp16 with a GradScaler), with optional `torch.compile` warmed up on dummy data and timed apart.
 """
 
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,62 +25,17 @@ from torch import nn
 
 from imgclf.config import TrainConfig
 from imgclf.data.imageset import ImageSet, Splits
-from imgclf.errors import UserError
+from imgclf.data.photos import Preprocess
+from imgclf.defaults import SPEED_PRESETS, SpeedConfig
 from imgclf.evaluation.metrics import tta_logits
-from imgclf.models.speednet import CIFAR_MEAN, CIFAR_STD, SpeedNet
+from imgclf.models.checkpoint import checkpoint_payload
+from imgclf.models.speednet import CIFAR_MEAN, CIFAR_STD, SpeedClassifier, SpeedNet
+from imgclf.rundir import RunDir
 from imgclf.runtime import autocast, cpu_has_bf16, seed_everything
+from imgclf.training.checkpoint import save_atomic
+from imgclf.training.engine import Fitted
 
-
-@dataclass(frozen=True)
-class SpeedConfig:
-    """All knobs of a speed run. LR and weight decay are in airbench's units (per 1024 summed examples)."""
-
-    # schedule and optimizer
-    epochs: float = 9.9
-    batch_size: int = 1024
-    lr: float = 11.5
-    momentum: float = 0.85
-    weight_decay: float = 0.0153
-    bias_scaler: float = 64.0  # BatchNorm biases learn this much faster, with this much less decay
-    label_smoothing: float = 0.2
-    warmup_frac: float = 0.23  # LR rises linearly from lr_start to 1 over this share of steps, then falls
-    lr_start: float = 0.2
-    lr_end: float = 0.07
-    # lookahead: every `lookahead_every` steps the weights are pulled to an EMA (decay grows like progress^3)
-    lookahead: bool = True
-    lookahead_every: int = 5
-    lookahead_decay: float = 0.95
-    # network
-    widths: tuple[int, int, int] = (64, 256, 256)
-    depth: int = 2  # convs per block; 3 adds a residual over the last two
-    bn_momentum: float = 0.6  # airbench sense: share of the old running statistics kept
-    head_scale: float = 1 / 9
-    whiten_kernel: int = 2
-    whiten_eps: float = 5e-4
-    whiten_images: int = 5000
-    whiten_bias_epochs: float = 3.0  # the whitening layer's bias trains this long, then stops
-    # data augmentation (on whole epochs, on the device) and test-time augmentation
-    flip: str = "alternate"  # alternate | random | none
-    translate: int = 2
-    cutout: int = 0
-    tta_level: int = 2  # 0 none, 1 flip, 2 flip + one-pixel translations
-    # machine
-    precision: str = "auto"  # auto (bf16 on CUDA, and on CPUs with native bf16) | fp32 | bf16 | fp16
-    fp16_init_scale: float = 256.0  # the summed loss already gives large gradients
-    channels_last: bool = True
-    compile: bool = False
-    compile_mode: str | None = None
-    eval_batch_size: int = 2000
-    log_every: int = 0  # > 0: record the training loss every this many steps (costs a sync each time)
-    seed: int = 0
-
-    def replace(self, **changes: Any) -> SpeedConfig:
-        return replace(self, **changes)
-
-
-FAST = SpeedConfig()
-LONG = SpeedConfig(epochs=40.0, widths=(128, 512, 512), depth=3, lr=9.0, translate=4, cutout=12)
-PRESETS: dict[str, SpeedConfig] = {"fast": FAST, "long": LONG}
+FAST, LONG = SPEED_PRESETS["fast"], SPEED_PRESETS["long"]
 
 
 def shrunk(cfg: SpeedConfig) -> SpeedConfig:
@@ -361,100 +315,29 @@ def fit_speednet(train: ImageSet, cfg: SpeedConfig, device: torch.device) -> tup
     return model, step_model, result
 
 
-def config_dict(cfg: SpeedConfig) -> dict[str, Any]:
-    """The config as plain JSON-able data, for reports."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+# -- `imgclf train --recipe speedrun`: the speed engine behind the CLI -----------------------------------------
 
-
-# -- `imgclf train --recipe speedrun`: the engine behind the CLI, writing a standard run directory ---------------
-
-PRESET_MODELS = {"fast": "speednet", "long": "speednet_long"}
-
-
-def speed_config_for(cfg: TrainConfig) -> SpeedConfig:
-    """The preset `cfg.speedrun` under the user's own flags: --epochs, --batch-size (at the preset's LR per
-    step: on 2,000 CIFAR images in batches of 250, 46-49 % vs 36 % at its LR per example), --width, --seed,
-    --compile, --no-amp (fp32), --tta (flip + shift TTA, else none)."""
-    from imgclf.models.speednet import scaled_widths
-
-    preset = PRESETS[cfg.speedrun]
-    batch = cfg.batch_size or preset.batch_size
-    return preset.replace(
-        epochs=float(cfg.epochs) if cfg.epochs else preset.epochs, batch_size=batch,
-        lr=preset.lr * preset.batch_size / batch, eval_batch_size=min(preset.eval_batch_size, 8 * batch),
-        widths=scaled_widths(PRESET_MODELS[cfg.speedrun], cfg.width or 1.0), seed=cfg.seed, compile=cfg.compile,
-        channels_last=cfg.channels_last, precision="fp32" if cfg.amp is False else "auto",
-        tta_level=2 if cfg.tta else 0)
-
-
-def train_speedrun(cfg: TrainConfig, splits: Splits, run_dir: Path,
-                   device: torch.device) -> tuple[TrainConfig, dict[str, Any], nn.Module]:
-    """Train with the speed engine and write what `imgclf train` writes (config.yaml, classes.json,
-    checkpoints/last.pt, metrics.json, predictions): the checkpoint evaluates, predicts, serves and exports
-    like any other. Returns (resolved config, metrics, the [0, 1]-input model)."""
-    from imgclf.data.photos import Preprocess
-    from imgclf.evaluation.metrics import summarize
-    from imgclf.models.checkpoint import checkpoint_payload
-    from imgclf.models.speednet import SpeedClassifier
-    from imgclf.rundir import RunDir, skipped_summary
-    from imgclf.training.checkpoint import save_atomic
-
-    model_name = PRESET_MODELS[cfg.speedrun]
-    if cfg.model != model_name:
-        raise UserError(f"the {cfg.speedrun} speed run trains its own net ({model_name}); drop --model {cfg.model}")
-    if cfg.time_budget or cfg.pretrained or cfg.weights:
-        raise UserError("the speed run trains from scratch for a number of epochs: use --epochs, not "
-                        "--time-budget, --pretrained or --weights")
-    if (cfg.class_weights, cfg.sampler, cfg.monitor) != ("none", "shuffle", "val_acc"):
-        raise UserError("the speed run has its own loss and order and keeps its final weights only: drop "
-                        "--class-weights, --sampler and --monitor")
-    if cfg.mixup or cfg.cutmix or cfg.ema or cfg.accumulate > 1:
-        raise UserError("the speed run has its own loop, with its own weight averaging (lookahead): drop "
-                        "--mixup, --cutmix, --ema and --accumulate")
-    if not isinstance(splits.train, ImageSet):
-        raise UserError("the speed run is for small square images held in memory (CIFAR-like, 16 to 64 px); "
-                        "for photos use the default recipe or --recipe finetune")
-    if splits.train.image_size < 16:
-        raise UserError(f"the speed run is tuned for 16 to 64 px squares; these are {splits.train.image_size} px: "
-                        "drop --recipe (the default recipe trains them)")
-    speed = speed_config_for(cfg)
+def fit_speedrun(cfg: TrainConfig, splits: Splits, device: torch.device, run: RunDir) -> Fitted:
+    """Train with the speed engine on the knobs the plan resolved (cfg.extra["speedrun_config"]) and save
+    checkpoints/last.pt, which evaluates, predicts, serves and exports like any other; train() scores it."""
+    speed = SpeedConfig.from_dict(cfg.extra["speedrun_config"])
+    run.write_plan(cfg, splits.classes)
     compile_seconds = warm_up_compile(speed, device, len(splits.val), len(splits.classes))
     net, step_model, result = fit_speednet(splits.train, speed, device)
+    model = SpeedClassifier(net).to(memory_format=torch.contiguous_format)
+    preprocess = Preprocess(cfg.image_size, cfg.resize, cfg.crop_fraction)
+    save_atomic(checkpoint_payload(model.state_dict(), cfg, splits.classes, preprocess.to_dict()),
+                run.last_checkpoint)
     amp = resolve_precision(speed, device)
-    size = splits.train.image_size
-    cfg = cfg.replace(batch_size=speed.batch_size, image_size=size, width=cfg.width or 1.0, crop_fraction=1.0,
-                      resize="crop", amp=amp is not None, strategy="scratch",
-                      extra={**cfg.extra, "speedrun_config": config_dict(speed)})
-    run = RunDir(run_dir)
-    run.write_plan(cfg, splits.classes)
-    scores = {}
-    for name in ("val", "test"):
-        part = getattr(splits, name)
-        if part is None:
-            continue
+
+    def logits(part: ImageSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         images, labels = to_device(part, device)
         plain, tta = predict(step_model, normalize(images, speed.channels_last), speed.tta_level,
                              speed.eval_batch_size, device, amp)
-        logits, labels = tta.float().cpu(), labels.cpu()
-        scores[name] = summarize(logits, labels, splits.classes)
-        scores[name]["accuracy_without_tta"] = (plain.argmax(1).cpu() == labels).float().mean().item()
-        run.save_predictions(name, logits, labels)
-    model = SpeedClassifier(net).to(memory_format=torch.contiguous_format)
-    preprocess = Preprocess(size, "crop", 1.0)
-    save_atomic(checkpoint_payload(model.state_dict(), cfg, splits.classes, preprocess.to_dict()),
-                run.last_checkpoint)
-    test = scores.get("test")
-    metrics = {
-        "val_accuracy": scores["val"]["accuracy"], "test_accuracy": test["accuracy"] if test else None,
-        "val_accuracy_without_tta": scores["val"]["accuracy_without_tta"],
-        "test_accuracy_without_tta": test["accuracy_without_tta"] if test else None,
-        "test_loss": test["loss"] if test else None, "epochs_run": result["epochs"], "steps": result["steps"],
-        "train_seconds": result["train_seconds"], "compile_seconds": round(compile_seconds, 2),
-        "images_per_second": result["images_per_second"], "model": model_name,
-        "num_params": result["num_params"], "input_size": size, "device": str(device), "amp": result["precision"],
-        "tta": speed.tta_level > 0, "stop_reason": None, "speedrun": cfg.speedrun,
-        "per_class_test_accuracy": test["per_class_accuracy"] if test else None,
-        "skipped_files": skipped_summary(splits),
-    }
-    run.write_metrics(metrics)
-    return cfg, metrics, model.cpu()
+        return tta.float().cpu(), labels.cpu(), plain.float().cpu() if speed.tta_level else None
+
+    figures = {"epochs_run": result["epochs"], "steps": result["steps"], "train_seconds": result["train_seconds"],
+               "compile_seconds": round(compile_seconds, 2), "images_per_second": result["images_per_second"],
+               "stop_reason": None, "amp": str(amp).removeprefix("torch.") if amp else None,
+               "speedrun": cfg.speedrun}
+    return Fitted(model, cfg, logits, figures)
