@@ -269,8 +269,13 @@ def _calibration_reader(images: np.ndarray, batch: int = 8) -> Any:
 
 
 def _quantize(fp32: bytes, calibration: np.ndarray) -> bytes:
-    """Static QDQ int8 (per-channel int8 weights, int8 activations, MinMax ranges from `calibration`), after
-    ONNX Runtime's pre-processing (shape inference, graph optimisation) where that succeeds."""
+    """Static QDQ int8: per-channel int8 weights, uint8 activations (U8S8), MinMax ranges from `calibration`,
+    after ONNX Runtime's pre-processing (graph optimisation, ONNX shape inference) where that succeeds.
+
+    U8S8, not S8S8: ONNX Runtime's x86 kernels multiply uint8 by int8 (VPMADDUBSW, VNNI). On CIFAR-10 fastcnn,
+    2 cores of an Intel Xeon with AVX-512 VNNI and AMX, median ms at batch 1 / 32: fp32 0.41 / 7.5, S8S8 0.75
+    / 11.7 (slower than fp32), U8S8 0.26 / 5.4 (1.6x / 1.4x faster); QOperator was no faster than QDQ.
+    Symbolic shape inference is skipped: it fails on the dynamo exporter's Reshape."""
     import tempfile
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -280,12 +285,12 @@ def _quantize(fp32: bytes, calibration: np.ndarray) -> bytes:
         src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32)
         try:
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         except Exception:  # noqa: BLE001 - pre-processing is an optimisation; quantize the plain graph instead
             pre = src
         try:
             quantize_static(str(pre), str(dst), _calibration_reader(calibration), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         except Exception as exc:  # noqa: BLE001
@@ -370,7 +375,7 @@ def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 18, data: 
     quantized = onnx.load_from_string(_quantize(fp32, calib[0]))
     meta = {**built["meta"], "precision": "int8",
             "quantization": json.dumps({"method": "onnxruntime static QDQ", "weights": "int8 per-channel",
-                                        "activations": "int8 (MinMax)", "calibration_split": calib_split,
+                                        "activations": "uint8 (MinMax)", "calibration_split": calib_split,
                                         "calibration_images": int(len(calib[0]))})}
     _set_metadata(quantized, meta)
     int8 = quantized.SerializeToString()
@@ -411,6 +416,8 @@ def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 18, data: 
         "fp32_batch_ms": round(results["fp32"]["batch_ms"], 3),
         "int8_batch_ms": round(results["int8"]["batch_ms"], 3),
         "batch_latency_ratio": ratio("batch_ms"),
+        "speedup_single": round(results["fp32"]["single_ms"] / results["int8"]["single_ms"], 2),  # > 1: int8 faster
+        "speedup_batch": round(results["fp32"]["batch_ms"] / results["int8"]["batch_ms"], 2),
         "sha256": hashlib.sha256(int8).hexdigest(),
         "onnx_checker": _check(onnx, quantized),
         "seconds": round(time.perf_counter() - started, 2),
