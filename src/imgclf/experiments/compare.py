@@ -5,7 +5,8 @@ fine-tuning; `regularization`: each regularizer against none) or `--variants FIL
 `--fractions` repeats every variant on stratified shares of the training set (a data-efficiency curve);
 `--seeds N` trains each N times with different training seeds on the same split, and the verdict counts the
 spread over seeds beside the noise of the evaluation images. From each run's history the report fits a
-saturating curve of validation accuracy against training seconds and estimates 2x and 4x the budget.
+saturating curve of validation accuracy against training seconds and estimates 2x and 4x the budget;
+with --fractions it fits the same curve per class in training images (reporting/datacurves.py).
 The data is decoded once per distinct decoding and handed to every run, and all runs are scored on
 the same validation and test images. Each run is a normal run directory under DIR/runs/; DIR/comparison.json
 holds the records and the verdict, and `reporting.comparison` renders DIR/report.md and report.html from them.
@@ -99,6 +100,7 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
     from imgclf.models import build_model
     from imgclf.reporting.comparison import summarize_seeds, write_comparison_report
     from imgclf.reporting.curves import time_estimates
+    from imgclf.reporting.datacurves import data_estimates
 
     out = Path(out)
     study = load_variants_file(variants_file) if variants_file else load_preset(preset or "transfer")
@@ -157,12 +159,22 @@ def run_compare(base_cfg: TrainConfig, out: str | Path, preset: str | None = "tr
                   "split_seed": split_seed(plans[0].cfg), "summary": summary,
                   "estimates": time_estimates(out, [s for s in summary.values() if s["train_fraction"] == full],
                                               budget),
+                  # what more data buys (with --fractions): per-class curves in images, checked on the runs
+                  "data_estimates": data_estimates(out, ok, list(first.classes), split),
                   "runs": ok + [r for r in records if r.get("error")]}
     comparison["verdict"] = comparison_verdict(comparison, study.combined)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "comparison.json", comparison)
     write_comparison_report(out)
     return comparison
+
+
+def _class_counts(splits: Any) -> list[int] | None:
+    """Training images per class in label order; None for labels that are not one class per image."""
+    import numpy as np
+
+    labels = np.asarray(splits.train.labels)
+    return np.bincount(labels, minlength=len(splits.classes)).tolist() if labels.ndim == 1 else None
 
 
 def _train_all(plans: list[Plan], shared: dict[tuple[Any, ...], Any], study: Study,
@@ -193,6 +205,7 @@ def _train_all(plans: list[Plan], shared: dict[tuple[Any, ...], Any], study: Stu
             "seed": plan.cfg.seed, "train_fraction": plan.cfg.train_fraction, "val_accuracy": m["val_accuracy"],
             "test_accuracy": m["test_accuracy"], "train_seconds": m["train_seconds"], "run_dir": str(result.run_dir),
             "model": plan.cfg.model, "pretrained": plan.cfg.pretrained, "train_images": len(splits.train),
+            "train_class_counts": _class_counts(splits),  # the per-class data curves' x
             "epochs_run": m["epochs_run"], "images_per_second": m["images_per_second"],
             "num_params": m["num_params"], "stop_reason": m.get("stop_reason"),
             "peak_rss_mb": m.get("peak_rss_mb"),  # of the process so far: runs share it, so it only grows

@@ -13,7 +13,7 @@ import numpy as np
 
 from imgclf.errors import UserError
 from imgclf.evaluation.diagnosis import read_history
-from imgclf.evaluation.scores import class_scores
+from imgclf.reporting import datacurves
 from imgclf.reporting import figures as figs
 from imgclf.reporting.document import Document
 
@@ -78,12 +78,8 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
 
 def _per_class_accuracy(run_dir: Path, split: str, k: int) -> np.ndarray | None:
     """Per-class accuracy (recall) from the run's saved predictions on `split`; None where there are none."""
-    path = run_dir / f"predictions_{split}.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as data:
-        pred, labels = data["logits"].argmax(axis=1), data["labels"]
-    return class_scores(labels, pred, k).recall
+    scores = datacurves.predicted_scores(run_dir, split, k)
+    return None if scores is None else scores.recall
 
 
 def _budget_text(comparison: dict[str, Any], records: list[dict[str, Any]]) -> str:
@@ -156,6 +152,9 @@ def write_comparison_report(folder: str | Path) -> Path:
         doc.figure("fractions", figs.fraction_curve(series, split),
                    "Accuracy against the share of the training set each run used (the same stratified subsets "
                    f"for every variant{'; means over seeds' if repeated else ''}).")
+    data = comparison["data_estimates"] if "data_estimates" in comparison else \
+        datacurves.data_estimates(out, records, comparison["classes"], split)
+    _data_section(doc, data, split)
     _per_class_section(doc, out, comparison, main)
     return doc.write()
 
@@ -266,3 +265,66 @@ def _per_class_section(doc: Document, out: Path, comparison: dict[str, Any], mai
              else " No class got worse.")
     doc.figure("per_class_difference", figs.per_class_difference(classes, diff, better["variant"], worse["variant"]),
                text)
+
+
+def _check_text(variant: str, check: dict[str, Any]) -> str:
+    """The method's check on this comparison's own runs, in one sentence."""
+    shares = " and ".join(f"{100 * f:g}%" for f in check["fractions"])
+    if check.get("estimate") is None:
+        return f"{variant}: the largest fraction is not estimated from {shares} ({check['note']})."
+    text = (f"{variant}: from the {shares} runs alone ({check['points']} points, {check['method']}), the curve "
+            f"estimated {_pts(check['estimate'])}% at {100 * check['fraction']:g}% of the data "
+            f"({check['images']:,} images); measured {_pts(check['measured'])}% "
+            f"(estimate {100 * check['error']:+.1f} points off).")
+    if check.get("class_mean_abs_error") is not None:
+        text += (f" Per class the same estimate was off by {100 * check['class_mean_abs_error']:.1f} points on "
+                 f"average ({check['classes_checked']} classes).")
+    return text
+
+
+def _data_section(doc: Document, estimates: dict[str, dict[str, Any]], split: str) -> None:
+    """Per class, what more images should buy (an estimate from each class's fitted curve), the classes that
+    would gain most, and the method checked against the largest fraction measured."""
+    if not estimates:
+        return
+    doc.heading("What more data buys")
+    points = sorted({e["points"] for e in estimates.values()})
+    doc.paragraph(f"Estimates, not measurements: for each class, {split} accuracy against the number of that class's "
+                  f"training images at each fraction ({' or '.join(map(str, points))} points per curve), a saturating "
+                  f"curve acc = a - b·n^(-c) fitted to them (with 2 points c is fixed at "
+                  f"{datacurves.FIXED_EXPONENT:g}; with 3 the curve passes through them), and the gain it predicts "
+                  "from the class's images at the largest fraction to twice that (N more images = as many again).")
+    for variant, entry in estimates.items():
+        lead = f"{variant}: as many images again overall ({entry['more_images']:,} more)"
+        lead += (f" should add about {100 * entry['gain']:.1f} points (estimate)." if entry.get("gain") is not None
+                 else ": not estimated.")
+        if entry["gain_most"]:
+            lead += f" The classes that would gain most: {', '.join(entry['gain_most'])}."
+        doc.paragraph(lead)
+        doc.bullets([e["line"] for e in sorted(entry["classes"], key=lambda e: -(e.get("gain") or -1.0))])
+    rows = []
+    for variant, entry in estimates.items():
+        for e in entry["classes"]:
+            se = np.sqrt(e["measured"] * (1 - e["measured"]) / e["test_images"]) if e["test_images"] else None
+            rows.append([variant, e["class"], "n/a" if e["images"] is None else f"{e['images']:,}",
+                         f"{_pts(e['measured'])}%" + ("" if se is None else f" ±{_pts(se)}"), str(e["test_images"]),
+                         "n/a" if e.get("more_images") is None else f"{e['more_images']:,}",
+                         "n/a" if e.get("gain") is None else f"~{100 * e['gain']:+.1f}",
+                         "n/a" if e.get("gain") is None else f"~{_pts(e['estimate'])}%"])
+    doc.table(["variant", "class", "training images", f"{split} acc (± std. error)", f"{split} images",
+               "more images", "gain (points, estimate)", "estimated acc"], rows, {2, 3, 4, 5, 6, 7})
+    doc.paragraph("Check of the method, where the answer is known: "
+                  + " ".join(_check_text(v, e["check"]) for v, e in estimates.items()))
+    panels = datacurves.figure_panels(estimates)
+    if panels:
+        doc.figure("data_curves", figs.class_data_curves(panels, split),
+                   f"Per class, {split} accuracy against the class's training images: dots measured, dashed the "
+                   "fitted curve, dotted past the last dot the estimate out to twice the images (the measured point "
+                   "plus the curve's gain)" + (f"; the {len(panels)} classes that would gain most"
+                                              if len(panels) < len(next(iter(estimates.values()))["classes"]) else "")
+                   + ".")
+    doc.note("Each class's accuracy is measured on few images (the ± column is its binomial standard error), and "
+             "the curve has as many parameters as points or nearly, so read a gain as a rough size, not a promise: "
+             "the check above says how far the same method missed on this comparison's own largest fraction. "
+             "Where a class's accuracy did not rise across the fractions the curve is flat and predicts no gain. "
+             "Under --epochs a smaller fraction also trains fewer steps; under --budget every run trains as long.")

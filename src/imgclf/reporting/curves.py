@@ -65,20 +65,34 @@ def fit_log_linear(seconds: Sequence[float], accuracy: Sequence[float]) -> Satur
     return SaturatingFit(float(a), float(b), 0.0, "log-linear", len(t))
 
 
-def fit_saturating(seconds: Sequence[float], accuracy: Sequence[float]) -> SaturatingFit | None:
-    """Fit acc(t) = a - b * t**(-c) to measured (training seconds, accuracy) points.
+def fit_power_fixed(x: Sequence[float], accuracy: Sequence[float], c: float) -> SaturatingFit:
+    """Least squares acc = a - b x**(-c) with the exponent `c` given: the 2-parameter form for two points, where
+    a free `c` would pass through them any number of ways. b >= 0 (more never hurts): points that fall give a
+    flat line at their mean."""
+    x, y = np.asarray(x, dtype=float), np.asarray(accuracy, dtype=float)
+    slope, a = np.polyfit(x ** (-c), y, 1)  # y = a + slope * x^-c, so b = -slope
+    if slope > 0:
+        return SaturatingFit(float(y.mean()), 0.0, c, "power, c fixed", len(x))
+    return SaturatingFit(float(a), float(-slope), c, "power, c fixed", len(x))
+
+
+def fit_saturating(seconds: Sequence[float], accuracy: Sequence[float], min_points: int = MIN_POINTS,
+                   min_span: float = MIN_SPAN) -> SaturatingFit | None:
+    """Fit acc(t) = a - b * t**(-c) to measured (training seconds, accuracy) points (or any positive x: the data
+    curves fit it in training images, with their own `min_points` and `min_span`).
 
     Bounds keep the curve a saturating one: the asymptote `a` within [0, 1] (no accuracy above 100 %), `b` >= 0
     (accuracy never falls with more time) and `c` in [0.001, 5]. Fitted with scipy.optimize.curve_fit where
     scipy is installed; without it, or when that fit does not converge, a log-linear fit (acc = a + b ln t)
-    stands in. None when the points cannot carry a fit: fewer than MIN_POINTS at distinct positive times, or
-    spread over less than MIN_SPAN (last / first). Non-finite points are dropped.
+    stands in. None when the points cannot carry a fit: fewer than `min_points` at distinct positive times, or
+    spread over less than `min_span` (last / first). Non-finite points are dropped. With exactly 3 points the
+    curve passes through them: scipy's warning that the covariance is then undefined is expected, not a failure.
     """
     t = np.asarray(seconds, dtype=float)
     y = np.asarray(accuracy, dtype=float)
     keep = np.isfinite(t) & np.isfinite(y) & (t > 0)
     t, y = t[keep], y[keep]
-    if len(np.unique(t)) < MIN_POINTS or t.max() < MIN_SPAN * t.min():
+    if len(np.unique(t)) < min_points or t.max() < min_span * t.min():
         return None
     try:
         from scipy.optimize import OptimizeWarning, curve_fit
@@ -89,7 +103,7 @@ def fit_saturating(seconds: Sequence[float], accuracy: Sequence[float]) -> Satur
     b0 = max(a0 - float(y[np.argmin(t)]), 1e-3) * float(t.min()) ** c0
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", OptimizeWarning)
+            warnings.simplefilter("error" if len(t) > 3 else "ignore", OptimizeWarning)
             (a, b, c), _ = curve_fit(_power, t, y, p0=(a0, b0, c0), bounds=([0.0, 0.0, 1e-3], [1.0, np.inf, 5.0]),
                                      maxfev=20_000)
     except (RuntimeError, ValueError, OptimizeWarning):

@@ -408,6 +408,48 @@ def fraction_curve(series: Mapping[str, Sequence[tuple[float, float]]], split_na
 
 
 @styled
+def class_data_curves(panels: Mapping[str, Mapping[str, tuple[Any, ...]]], split_name: str = "test") -> Figure:
+    """One small panel per class: its accuracy against its own training images (log x) per variant, the measured
+    points joined by the fitted curve (dashed) and, dotted past them, the estimate out to twice the images.
+    A panel's value: (points, x within, y within, x past, y past), the curve arrays empty where none fits."""
+    names = list(panels)
+    cols = min(4, max(len(names), 1))
+    rows = math.ceil(len(names) / cols) if names else 1
+    fig = new_figure(figsize=(3.0 * cols, 2.5 * rows + 0.6))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    variants = list(dict.fromkeys(v for panel in panels.values() for v in panel))
+    colors = dict(zip(variants, _colors(len(variants)), strict=True))
+    for ax, name in zip(axes, names, strict=False):
+        for variant, (points, x_in, y_in, x_past, y_past) in panels[name].items():
+            color = colors[variant]
+            ax.plot([p[0] for p in points], [p[1] for p in points], ls="none", marker="o", ms=5, color=color,
+                    label=f"{variant} (measured)")
+            if len(x_in):
+                ax.plot(x_in, y_in, ls="--", lw=1.3, color=color, label=f"{variant} (fitted)")
+                ax.plot(x_past, y_past, ls=":", lw=1.8, color=color, label=f"{variant} (estimate)")
+                ax.plot([x_past[-1]], [y_past[-1]], marker="D", ms=5, color=color, mfc="white", mew=1.4)
+        ax.set_xscale("log")
+        sizes = {p[0] for points, *_, x_past, _ in panels[name].values() for p in points}
+        sizes |= {x_past[-1] for *_, x_past, _ in panels[name].values() if len(x_past)}
+        ax.set_xticks(sorted(sizes))  # the measured sizes and twice the largest: the few x values that matter
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(0, 1.05)
+        _percent_axis(ax)
+        ax.set_title(str(name), fontsize=10)
+        ax.tick_params(labelsize=8)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    if names:
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8.5)
+    fig.suptitle(f"What more data buys, per class ({split_name} accuracy against the class's training images; "
+                 "past the points: an estimate)", x=0.01, ha="left", fontsize=11, fontweight="bold")
+    fig.tight_layout(rect=(0, 0.08 if rows == 1 else 0.05, 1, 0.95))
+    return fig
+
+
+@styled
 def per_class_difference(classes: Sequence[str], diff: Sequence[float], better: str, worse: str) -> Figure:
     """Per-class accuracy of `better` minus `worse`, sorted: where the winner wins and where it loses."""
     d = np.asarray(diff, dtype=float)
