@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from helpers import make_folder
+from imgclf import config
 from imgclf.cli import main
 from imgclf.config import TrainConfig
 from imgclf.errors import UserError
@@ -192,17 +193,17 @@ def test_same_budget_by_default_or_until_the_plateau(tmp_path: Path, monkeypatch
     data = make_folder(tmp_path / "imgs", classes=3, per_class=12, splits=True)
     variants = tmp_path / "v.yaml"
     variants.write_text("small: {}\nwide:\n  width: 2.0\n")
-    monkeypatch.setattr(compare, "BUDGET_RANGE", (3.0, 3.0))
+    monkeypatch.setattr(config, "BUDGET_RANGE", (3.0, 3.0))  # the plan decides the budget and the seeds
     # small data and a 3 s budget would be repeated by default (3 seeds); a 0 s wall for repeats keeps 1 here
-    monkeypatch.setattr(compare, "SEEDS_WALL_SECONDS", 0.0)
+    monkeypatch.setattr(config, "SEEDS_WALL_SECONDS", 0.0)
     base = _base(data).replace(epochs=None)
     timed = run_compare(base, tmp_path / "budget", variants_file=variants)
     assert timed["stopping"] == "budget" and timed["budget_seconds"] == 3.0
     assert timed["seeds"] == [0] and "3 seeds of 2 runs at 3 s would take" in timed["seeds_reason"]
     assert [r["name"] for r in timed["runs"]] == ["small", "wide"]
     for run in timed["runs"]:
-        config = (Path(run["run_dir"]) / "config.yaml").read_text()
-        assert "time_budget: 3.0" in config and run["train_seconds"] <= 3.0 + 2.0
+        written = (Path(run["run_dir"]) / "config.yaml").read_text()
+        assert "time_budget: 3.0" in written and run["train_seconds"] <= 3.0 + 2.0
     assert "3 s of training each" in (tmp_path / "budget" / "report.md").read_text()
 
     monkeypatch.setattr(compare, "PLATEAU_MAX_EPOCHS", 6)
