@@ -165,11 +165,12 @@ def test_timm_mismatch_names_the_key_in_one_line(tmp_path: Path, source: nn.Modu
 
 def test_timm_names_pretrained_and_unknown_are_user_errors() -> None:
     entry = model_entry("timm:resnet18")
-    assert entry.default_image_size == 224 and not entry.has_pretrained
+    assert entry.default_image_size == 224 and entry.has_pretrained  # timm names hub weights: fetched, not shipped
+    assert not model_entry("timm:lcnet_035").has_pretrained  # its config names none
     assert model_entry(f"timm:{TINY}").default_image_size == 160  # from timm's cfg, not a fixed default
     with pytest.raises(UserError, match="unknown timm model 'resnet81'.*timm:resnet18"):
         model_entry("timm:resnet81")
-    with pytest.raises(UserError, match="pass --weights FILE"):
+    with pytest.raises(UserError, match="no cached weights for timm:resnet18; run `imgclf weights fetch"):
         check_pretrained("timm:resnet18", True)
     with pytest.raises(UserError, match="pass --weights FILE"):
         build_model(f"timm:{TINY}", 3, pretrained=True)

@@ -139,7 +139,7 @@ _TRAIN_BAD: dict[str, tuple[list[str], str]] = {
     "--mix-switch": (["--mix-switch", "2"], "mix_switch must be at most 1"),
     "--ema": (["--ema", "1"], "ema must be below 1"),
     "--accumulate": (["--accumulate", "0"], "accumulate must be at least 1"),
-    "--logger": (["--logger", "wandb"], "logger must be one of none, tensorboard"),
+    "--logger": (["--logger", "wandb"], "logger must be one of mlflow, none, tensorboard"),
     "--checkpoint-every": (["--checkpoint-every", "1h"], "checkpoint_every must be a number of steps"),
     "--config": (["--config", "/no/such.yaml"], "config file not found"),
     "--recipe": (["--recipe", "nope"], "unknown recipe"),

@@ -81,5 +81,5 @@ def test_a_missing_tensorboard_is_one_clear_error_before_anything_is_written(dat
     with pytest.raises(UserError, match=r"pip install 'imgclf\[log\]'"):
         train(_cfg(data, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
-    with pytest.raises(UserError, match="logger must be one of none, tensorboard"):
+    with pytest.raises(UserError, match="logger must be one of mlflow, none, tensorboard"):
         TrainConfig(logger="wandb").replace()

@@ -219,7 +219,9 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
      "optimizer step (an effective batch of K x --batch-size)"),
     # not --log: torchrun's own parser takes that for an abbreviation of its --log-dir and refuses it
     ("--logger", "logger", str, "none | tensorboard (scalars and the confusion matrix in RUN_DIR/tensorboard/; "
-     "pip install 'imgclf[log]')"),
+     "pip install 'imgclf[log]') | mlflow (the plan as params, each epoch's metrics, then the checkpoints and "
+     "the rendered report as artifacts, into $MLFLOW_TRACKING_URI, else ./mlruns; experiment "
+     "$MLFLOW_EXPERIMENT_NAME, else imgclf; pip install 'imgclf[mlflow]')"),
     ("--checkpoint-every", "checkpoint_every", str, "also write checkpoints/last.pt inside an epoch: every N "
      "steps (500), every 90s / 10m, or off (epoch ends only); --resume continues from the exact batch "
      "(default: 10m)"),

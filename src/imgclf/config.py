@@ -115,7 +115,7 @@ class TrainConfig:
     class_weights: str = "none"  # none | auto: inverse class frequency in the loss (imbalanced data)
     sampler: str = "shuffle"  # shuffle | balanced: draw training images with probability 1 / their class's size
     monitor: str = "val_acc"  # val_acc | macro_f1: what best.pt and early stopping select on
-    logger: str = "none"  # none | tensorboard: also log to RUN_DIR/tensorboard/ (pip install 'imgclf[log]')
+    logger: str = "none"  # none | tensorboard (RUN_DIR/tensorboard/, imgclf[log]) | mlflow (imgclf[mlflow])
     checkpoint_every: str | int | None = "10m"  # also write last.pt mid-epoch: every N steps, or "90s" / "10m" of
                                                 # wall-clock time; "off" (or None): at epoch ends only
     mixup: float = 0.0  # mixup alpha on whole training batches (imgclf.training.mixing); 0: off
@@ -193,7 +193,7 @@ CHOICES = {
     "class_weights": {"none", "auto"},
     "sampler": {"shuffle", "balanced"},
     "monitor": {"val_acc", "macro_f1"},
-    "logger": {"none", "tensorboard"},
+    "logger": {"none", "tensorboard", "mlflow"},
 }
 
 

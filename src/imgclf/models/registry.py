@@ -7,11 +7,13 @@ those entries are made on demand, not registered one by one.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from imgclf.errors import UserError
 from imgclf.models.base import ImageClassifier
 from imgclf.models.entry import TIMM_PREFIX, Builder, ModelEntry
-from imgclf.models.timm_any import timm_entry
+from imgclf.models.hub import cached_weights
+from imgclf.models.timm_any import pretrained_record, timm_entry
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
@@ -34,22 +36,30 @@ def model_entry(name: str) -> ModelEntry:
         return timm_entry(name.removeprefix(TIMM_PREFIX))
     if name not in _REGISTRY:
         raise UserError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}, "
-                        f"or {TIMM_PREFIX}NAME --weights FILE for any timm architecture")
+                        f"or {TIMM_PREFIX}NAME for any timm architecture (--weights FILE, or --pretrained once "
+                        "fetched)")
     return _REGISTRY[name]
 
 
 def check_pretrained(name: str, pretrained: bool) -> ModelEntry:
-    """The model's entry; asking for ImageNet weights a model does not ship is a user error."""
+    """The model's entry; asking for ImageNet weights a model does not ship is a user error. For `timm:NAME`
+    they must be in imgclf's cache (a run never downloads): else one line naming `imgclf weights fetch`."""
     entry = model_entry(name)
-    if pretrained and not entry.has_pretrained:
-        if name.startswith(TIMM_PREFIX):
-            arch = name.removeprefix(TIMM_PREFIX)
-            raise UserError(f"{name} has no weights here and imgclf downloads none at run time: drop --pretrained "
-                            f"and pass --weights FILE (a state dict of timm's {arch}: .pth, .pt or .safetensors)")
+    if pretrained and name.startswith(TIMM_PREFIX):
+        cached_weights(name.removeprefix(TIMM_PREFIX), verify=False)
+    elif pretrained and not entry.has_pretrained:
         with_weights = sorted(n for n, e in _REGISTRY.items() if e.has_pretrained)
         raise UserError(f"model {name!r} has no local pretrained weights (models with weights: "
                         f"{', '.join(with_weights)}); pass --weights FILE to load your own")
     return entry
+
+
+def weights_record(name: str, pretrained: bool, weights: str | None) -> dict[str, Any]:
+    """What the plan notes (config.extra) of the weights a run starts from: for `timm:NAME --pretrained`, the
+    cached hub file's provenance (repository, commit, sha256) under `pretrained_weights`; else nothing."""
+    if pretrained and weights is None and name.startswith(TIMM_PREFIX):
+        return {"pretrained_weights": pretrained_record(name.removeprefix(TIMM_PREFIX))}
+    return {}
 
 
 def build_model(name: str, num_classes: int, *, pretrained: bool = False, weights: str | None = None,

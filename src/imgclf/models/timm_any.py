@@ -1,10 +1,12 @@
-"""`--model timm:NAME --weights FILE`: any timm architecture as the backbone, with the user's own weights.
+"""`--model timm:NAME`: any timm architecture as the backbone, with the user's own `--weights FILE` or, with
+`--pretrained`, timm's hub weights once `imgclf weights fetch timm:NAME` has cached them (`imgclf.models.hub`).
 
 The backbone is `timm.create_model(NAME, pretrained=False, num_classes=0)` (its forward gives the pooled
-feature vector); nothing is ever downloaded. Normalization and the default input size come from timm's
-`pretrained_cfg` for NAME (ImageNet mean/std where it names none), so they travel with the checkpoint like
-every other model's. The file loads strictly into the backbone; a classifier in it (timm's, named by
-`pretrained_cfg['classifier']`, or an imgclf model's `head.*`) is ignored, since the task's head is new.
+feature vector); building a model never downloads: hub weights come from imgclf's cache or not at all.
+Normalization and the default input size come from timm's `pretrained_cfg` for NAME (ImageNet mean/std
+where it names none), so they travel with the checkpoint like every other model's. The file loads strictly
+into the backbone; a classifier in it (timm's, named by `pretrained_cfg['classifier']`, or an imgclf model's
+`head.*`) is ignored, since the task's head is new.
 
 Layer groups (discriminative LRs, freezing): timm's own coarse `group_matcher` (stem, then one group per
 stage or block, the final conv/norm with the last), or where a model has none, its parameters by top-level
@@ -22,11 +24,13 @@ import difflib
 from functools import lru_cache, partial
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from imgclf.errors import UserError
+from imgclf.models import hub
 from imgclf.models.base import ImageClassifier
 from imgclf.models.entry import TIMM_PREFIX, ModelEntry
 from imgclf.models.weights import load_strict, read_state_dict
@@ -65,12 +69,28 @@ def _norm(cfg: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(mean), tuple(std)
 
 
+def cached_status(arch: str) -> str:
+    """'cached' or how to get them, for `imgclf models`; touches no network and reads no weights."""
+    try:
+        hub.cached_weights(arch, verify=False)
+    except UserError:
+        return f"not cached (`{hub.fetch_command(arch)}`)"
+    return "cached"
+
+
 @lru_cache(maxsize=32)
 def timm_entry(arch: str) -> ModelEntry:
-    """A registry entry for timm's `arch`, made on demand; an unknown name is a one-line UserError."""
+    """A registry entry for timm's `arch`, made on demand; an unknown name is a one-line UserError.
+
+    `has_pretrained` says timm names hub weights for it; whether they are cached is asked at build time
+    (`registry.check_pretrained`), since a fetch may come after this entry was made."""
     _check_arch(arch)
-    return ModelEntry(partial(build_timm, arch), f"timm's {arch} with your own --weights FILE", has_pretrained=False,
-                      default_image_size=_image_size(_cfg(arch)))
+    cfg = _cfg(arch)
+    on_hub = bool(cfg.get("hf_hub_id"))
+    summary = f"timm's {arch}: " + ("hub weights with --pretrained once fetched, or " if on_hub else "") \
+        + "your own --weights FILE"
+    return ModelEntry(partial(build_timm, arch), summary, has_pretrained=on_hub, default_image_size=_image_size(cfg),
+                      weights_status=partial(cached_status, arch) if on_hub else None)
 
 
 def _top_level(net: nn.Module) -> list[list[nn.Parameter]]:
@@ -118,23 +138,25 @@ def _user_backbone(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, 
             if k in own or not any(k == h or k.startswith(h + ".") for h in heads)}
 
 
-def load_timm_weights(model: ImageClassifier, arch: str, path: str | Path) -> ImageClassifier:
-    """Load a user's weights file into `model.features` (timm's `arch`), strictly; the head stays as built."""
+def load_timm_weights(model: ImageClassifier, arch: str, path: str | Path,
+                      origin: str | None = None) -> ImageClassifier:
+    """Load a user's weights file into `model.features` (timm's `arch`), strictly; the head stays as built.
+    `origin` names the file in a mismatch message (default: its path)."""
     tensors = _user_backbone(read_state_dict(path), model.features)
-    load_strict(model.features, tensors, f"weights file {path}", f"timm's {arch} backbone")
+    load_strict(model.features, tensors, origin or f"weights file {path}", f"timm's {arch} backbone")
     return model
 
 
 def build_timm(arch: str, num_classes: int, *, pretrained: bool = False, weights: str | None = None,
                dropout: float = 0.0, width: float = 1.0) -> ImageClassifier:
-    """timm's `arch` with a fresh `num_classes` head; backbone from --weights FILE, else random."""
+    """timm's `arch` with a fresh `num_classes` head; backbone from --weights FILE, else with `pretrained` the
+    cached hub weights (sha256 checked again; never a download), else random."""
     import timm
 
     if width != 1.0:
         raise UserError(f"--width applies to the from-scratch CNNs only; {TIMM_PREFIX}{arch} has a fixed width")
     if pretrained and weights is None:
-        raise UserError(f"{TIMM_PREFIX}{arch} has no weights here and imgclf downloads none at run time: "
-                        "pass --weights FILE instead of --pretrained")
+        weights = str(hub.cached_weights(arch)[0])
     _check_arch(arch)
     net = timm.create_model(arch, pretrained=False, num_classes=0)
     num_features = getattr(net, "head_hidden_size", None) or net.num_features
@@ -143,3 +165,24 @@ def build_timm(arch: str, num_classes: int, *, pretrained: bool = False, weights
     if weights is not None:
         load_timm_weights(model, arch, weights)
     return model
+
+
+def check_hub_file(arch: str, path: Path, origin: str) -> None:
+    """A fetched file must load strictly into timm's `arch` backbone (the file's classifier aside)."""
+    load_timm_weights(build_timm(arch, 2), arch, path, origin)
+
+
+def fetch_weights(name: str, hub_url: str | None = None, force: bool = False) -> tuple[dict[str, Any], bool]:
+    """`imgclf weights fetch timm:NAME`: download, check and cache NAME's hub weights (see `imgclf.models.hub`)."""
+    if not name.startswith(TIMM_PREFIX):
+        raise UserError(f"weights fetch takes {TIMM_PREFIX}NAME (a timm model with hub weights), got {name!r}")
+    arch = name.removeprefix(TIMM_PREFIX)
+    _check_arch(arch)
+    return hub.fetch(arch, partial(check_hub_file, arch), hub_url=hub_url, force=force)
+
+
+def pretrained_record(arch: str) -> dict[str, Any]:
+    """What config.yaml records of the cached hub weights a `--pretrained` run starts from."""
+    path, record = hub.cached_weights(arch, verify=False)
+    keep = ("model", "repo_id", "filename", "revision", "commit", "url", "sha256", "size", "fetched_at")
+    return {**{k: record[k] for k in keep if k in record}, "path": str(path)}

@@ -114,11 +114,15 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     run = RunDir(run_dir)
     dist = distributed.setup(cfg)
     device = dist.device if dist.active else resolve_device(cfg.device)
-    tensorboard = None
+    logger: Any = None
     if cfg.logger == "tensorboard" and dist.is_main and not cfg.speedrun:  # a missing package: refused now
         from imgclf.training.tensorboard import TensorBoardLogger
 
-        tensorboard = TensorBoardLogger(run_dir / "tensorboard")
+        logger = TensorBoardLogger(run_dir / "tensorboard")
+    elif cfg.logger == "mlflow" and dist.is_main and not cfg.speedrun:  # so is an unreachable tracking store
+        from imgclf.training.mlflow_logger import MLflowLogger
+
+        logger = MLflowLogger(run_dir)
     seed_everything(cfg.seed)
     splits = checked_data(cfg, splits, ckpt, dist.is_main)
     cfg = planned(cfg, splits, device, fresh=ckpt is None, announce=dist.is_main and not cfg.quiet)
@@ -129,7 +133,7 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
 
         fitted = fit_speedrun(cfg, splits, device, run)
     else:
-        callbacks = run_callbacks(cfg, run, dist.is_main, tensorboard) + (extra_callbacks or [])
+        callbacks = run_callbacks(cfg, run, dist.is_main, logger) + (extra_callbacks or [])
         fitted = fit_loop(cfg, splits, device, dist, ckpt, run, callbacks)
     metrics = {**scored(fitted, splits, run, dist.is_main), **fitted.figures}
     metrics["skipped_files"] = skipped_summary(splits, metrics.pop("streamed_skipped", []))
@@ -137,6 +141,8 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     if dist.is_main:
         run.write_metrics(metrics)
+        if hasattr(logger, "finish"):  # --logger mlflow: final scores, checkpoints and report as artifacts
+            logger.finish(metrics)
     dist.teardown()
     return TrainResult(run_dir, metrics, fitted.model, fitted.history, fitted.config)
 
@@ -216,7 +222,7 @@ def planned(cfg: TrainConfig, splits: Splits, device: torch.device, fresh: bool,
     return cfg
 
 
-def run_callbacks(cfg: TrainConfig, run: RunDir, is_main: bool, tensorboard: cb.Callback | None) -> list[cb.Callback]:
+def run_callbacks(cfg: TrainConfig, run: RunDir, is_main: bool, logger: cb.Callback | None) -> list[cb.Callback]:
     """The shipped callbacks a run's plan asks for (their `order` sets when each fires)."""
     callbacks: list[cb.Callback] = [cb.NaNGuard()]
     if cfg.time_budget:
@@ -226,7 +232,7 @@ def run_callbacks(cfg: TrainConfig, run: RunDir, is_main: bool, tensorboard: cb.
     if is_main:
         # the per-step logs (written out by the Checkpointer just before each save: a resume trims what runs
         # ahead of last.pt), then the checkpoint, then history.csv, which never shows an epoch last.pt lacks
-        logs = [cb.LRMonitor(run.path / "lr_schedule.csv"), *([tensorboard] if tensorboard else [])]
+        logs = [cb.LRMonitor(run.path / "lr_schedule.csv"), *([logger] if logger else [])]
         every_steps, every_seconds = checkpoint_interval(cfg.checkpoint_every)
         callbacks += [*logs, cb.Checkpointer(run.checkpoints, every_steps, every_seconds,
                                              before_save=[log.write for log in logs]),
