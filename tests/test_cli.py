@@ -219,6 +219,7 @@ BAD: dict[str, dict[str, tuple[list[str], str]]] = {
                 "--device": (["--data", "digits", "--device", "gpu"], "device must be")},
     "doctor": {},
     "models": {},
+    "weights": {"--hub-url": (["fetch", "timm:resnet18", "--hub-url", "ftp://x"], "must be an http(s) URL")},
     "recipes": {},
 }
 

@@ -148,6 +148,16 @@ def api_key(text: str) -> str:
     return text
 
 
+def hub_url(text: str) -> str:
+    """An http(s) URL with a host: a Hugging Face Hub, a mirror of one, or a local one for tests."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(text)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise argparse.ArgumentTypeError(f"hub-url must be an http(s) URL such as https://huggingface.co, got {text!r}")
+    return text.rstrip("/")
+
+
 def _default(dest: str) -> Any:
     return next(f.default for f in fields(TrainConfig) if f.name == dest)
 
@@ -159,7 +169,8 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
      "labels .csv (file,label[,split])"),
     ("--data-dir", "data_dir", new_path, "where `cifar10` looks for (or downloads) the official batches "
      "(default: ~/.cache/imgclf/cifar10)"),
-    ("--model", "model", str, "model name (see `imgclf models`), or timm:NAME with --weights"),
+    ("--model", "model", str, "model name (see `imgclf models`), or timm:NAME with --weights, or with --pretrained "
+     "once `imgclf weights fetch timm:NAME` has cached its hub weights"),
     ("--weights", "weights", existing_file("weights file"), "a state dict file (.pth, .pt, .safetensors) to load "
      "into the backbone (default: none)"),
     ("--strategy", "strategy", str, "auto | scratch | staged | full | linear_probe | gradual (auto: staged "
@@ -227,7 +238,8 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
      "(default: 10m)"),
 ]
 _TRAIN_SWITCHES: list[tuple[str, str, str]] = [
-    ("pretrained", "pretrained", "start from ImageNet weights (see `imgclf models`)"),
+    ("pretrained", "pretrained", "start from ImageNet weights: shipped for EfficientNet-Lite, from imgclf's cache "
+     "for timm:NAME, never downloaded (see `imgclf models`)"),
     ("amp", "amp", "mixed precision (default: on for CUDA, and on CPUs with native bf16 from scratch)"),
     ("channels-last", "channels_last", "channels_last memory format"),
     ("compile", "compile", "torch.compile the model"),
@@ -404,12 +416,40 @@ def _cmd_scratch_nn(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from imgclf.models import list_models, model_entry
+    from imgclf.models.hub import list_cached
 
     for name, summary in list_models().items():
         status = model_entry(name).weights_status
         print(f"{name:24s} {summary}" + (f"; ImageNet weights: {status()}" if status else ""))
     print(f"{'timm:NAME':24s} any timm architecture (timm.list_models()) with your own weights: "
-          "--model timm:NAME --weights FILE (.pth, .pt or .safetensors)")
+          "--model timm:NAME --weights FILE (.pth, .pt or .safetensors); or its hub weights: "
+          "`imgclf weights fetch timm:NAME` once, then --pretrained uses the cache, offline")
+    for record in list_cached():
+        print(f"{record['model']:24s} hub weights cached ({record['repo_id']}@{record['commit'][:12]}, sha256 "
+              f"{record['sha256'][:12]}): --model {record['model']} --pretrained")
+    return 0
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from imgclf.models.hub import list_cached
+
+    if args.action == "list":
+        if args.model or args.hub_url or args.force:
+            raise UserError("weights list takes no model, --hub-url or --force (they go with weights fetch)")
+        cached = list_cached()
+        if not cached:
+            _say("no hub weights cached; `imgclf weights fetch timm:NAME` fetches some where there is a network")
+        for record in cached:
+            print(f"{record['model']:32s} {record['size'] / 1e6:8.1f} MB  sha256 {record['sha256'][:16]}  "
+                  f"{record['repo_id']}@{record['commit'][:12]}  fetched {record['fetched_at']}  {record['path']}")
+        return 0
+    if args.model is None:
+        raise UserError("weights fetch needs a model: imgclf weights fetch timm:NAME")
+    from imgclf.models.timm_any import fetch_weights
+
+    record, fetched = fetch_weights(args.model, hub_url=args.hub_url, force=args.force)
+    print(json.dumps(record, indent=2))
+    _say(f"{'fetched and checked' if fetched else 'already cached (--force fetches again)'}: {record['path']}")
     return 0
 
 
@@ -608,6 +648,17 @@ def _inspect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N (for --checkpoint)")
 
 
+def _weights_options(p: argparse.ArgumentParser) -> None:
+    """The `weights` command's options."""
+    p.add_argument("action", choices=["fetch", "list"], help="fetch: download, check and cache one model's hub "
+                   "weights; list: what the cache holds")
+    p.add_argument("model", nargs="?", metavar="timm:NAME", help="the model to fetch, e.g. timm:resnet18 or "
+                   "timm:resnet18.a1_in1k (timm's pretrained config names its hub repository)")
+    p.add_argument("--hub-url", type=hub_url, metavar="URL", help="the hub to fetch from (default: $HF_ENDPOINT, "
+                   "else https://huggingface.co)")
+    p.add_argument("--force", action="store_true", help="fetch again even when the cache has it")
+
+
 def _doctor_options(p: argparse.ArgumentParser) -> None:
     """The `doctor` command's options."""
     p.add_argument("--json", action="store_true", help="print the facts as JSON")
@@ -648,9 +699,15 @@ COMMANDS: list[tuple[str, str, str | None, AddOptions | None, Callable[[argparse
     ("scratch-nn", "the NumPy network written from scratch",
      None,
      _scratch_nn_options, _cmd_scratch_nn),
-    ("models", "list the model names and whether their ImageNet weights are installed",
+    ("models", "list the model names and whether their ImageNet weights are installed or cached",
      None,
      None, _cmd_models),
+    ("weights", "fetch timm:NAME's hub weights into the cache (where there is a network); list the cache",
+     "`imgclf weights fetch timm:NAME` downloads NAME's weights from the Hugging Face Hub repository that "
+     "timm's pretrained config names, checks them (size and sha256 against the hub's, a strict load into the "
+     "model) and caches them with where they came from. `--model timm:NAME --pretrained` then loads the "
+     "cached file and never touches the network. `imgclf weights list` shows the cache.",
+     _weights_options, _cmd_weights),
     ("recipes", "list the shipped recipes (--recipe NAME)",
      None,
      None, _cmd_recipes),

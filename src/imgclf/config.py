@@ -412,11 +412,13 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
     and, given `measure` (a config's training images per second on this machine), the width of a from-scratch
     net trained on a CPU under a time budget (recorded with its reasons in extra["sizing"])."""
     from imgclf.data.imageset import ImageSet
+    from imgclf.models.registry import weights_record
     from imgclf.runtime import cpu_has_bf16
 
     if cfg.speedrun:
         return _speed_plan(cfg, splits, device)
     strategy = resolve_strategy(cfg)
+    cfg = cfg.replace(extra={**cfg.extra, **weights_record(cfg.model, cfg.pretrained, cfg.weights)})
     scratch = strategy == "scratch"
     on_cpu = device.type == "cpu"
     optimizer = cfg.optimizer or (SCRATCH_OPTIMIZER if scratch else FINETUNE_OPTIMIZER)
