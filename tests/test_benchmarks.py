@@ -23,6 +23,7 @@ SMOKED_ELSEWHERE: dict[str, tuple[str, str]] = {
     "cpu_recipe": ("test_defaults.py", "~12 s, in the default suite"),
     "imbalance": ("test_imbalance.py", "~7 s, in the default suite"),
     "regularizers": ("test_mixup_ema.py", "~7 s, in the default suite"),
+    "reject_unseen": ("test_reject.py", "~7 s, in the default suite"),
     **{gpu: ("test_speedrun.py", "slow: decodes the whole CIFAR-10-JPEG archive, then 10-20 s a script")
        for gpu in ("gpu_speedrun", "gpu_finetune", "gpu_precision")},
 }

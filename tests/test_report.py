@@ -66,7 +66,7 @@ def test_report_embeds_every_figure(tmp_path: Path) -> None:
     out = write_report(run)
     assert out == run / "report.html"
     embedded, written = embedded_vs_written(run)
-    assert written == 6 and embedded == written
+    assert written == 7 and embedded == written  # ... reliability, coverage_accuracy
     html = out.read_text()
     assert "src=\"figures/" not in html and "<script" not in html  # self-contained, nothing fetched
     md = (run / "report.md").read_text()
@@ -76,10 +76,11 @@ def test_report_embeds_every_figure(tmp_path: Path) -> None:
     assert "class_2" in md and "class_3" in md  # the planted confusion is named among the pairs
     assert "Highest-loss test images" in md and "Not shown" not in md
     assert "expected calibration error" in md and "Temperature scaling" in md
+    assert "Reject option" in md and "test accuracy when answered" in md  # thresholds chosen on val, checked on test
     lacks = md.split("What this run directory lacks")[1].split("##")[0]
     assert "checkpoints/last.pt" in lacks and "npz" not in lacks and "csv" not in lacks  # only the checkpoints
     write_report(run)  # rewriting replaces the figures rather than piling them up
-    assert embedded_vs_written(run) == (6, 6)
+    assert embedded_vs_written(run) == (7, 7)
 
 
 def test_report_without_predictions_degrades(tmp_path: Path) -> None:
@@ -103,7 +104,7 @@ def test_report_survives_moved_data(tmp_path: Path) -> None:
     md = (run / "report.md").read_text()
     assert "Not shown" in md and "| index | true | predicted |" in md
     embedded, written = embedded_vs_written(run)
-    assert embedded == written == 5
+    assert embedded == written == 6
 
 
 def test_not_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,7 +140,7 @@ def test_report_of_a_real_run_through_the_cli(tmp_path: Path, capsys: pytest.Cap
     assert main(["report", str(run)]) == 0
     assert capsys.readouterr().out.strip() == str(run / "report.html")
     embedded, written = embedded_vs_written(run)
-    assert embedded == written == 8  # with the two Grad-CAM grids (a real run has its checkpoint)
+    assert embedded == written == 9  # with the two Grad-CAM grids (a real run has its checkpoint)
 
 
 def test_skipped_files_are_counted_in_metrics_and_named_in_the_report(tmp_path: Path) -> None:

@@ -114,20 +114,32 @@ class Classifier:
     def __repr__(self) -> str:
         return f"Classifier({self.onnx or self.checkpoint}, {len(self.classes)} classes)"
 
-    def predict(self, images: Any, top_k: int = 5) -> list[dict[str, Any]]:
+    @property
+    def temperature(self) -> float:
+        """The temperature fitted on the validation logits at the end of training (1.0 where none was): the
+        probabilities are softmax(logits / temperature)."""
+        return self.predictor.temperature
+
+    def predict(self, images: Any, top_k: int = 5, reject_below: float | None = None,
+                target_accuracy: float | None = None) -> list[dict[str, Any]]:
         """Rank the classes for each image: a list of {"label", "probability", "top_k": [{"label",
         "probability"}, ...]}, one per image and in order, even for a single image.
+
+        "I don't know": with `reject_below` P (0 < P < 1), an image whose top probability is under P gets
+        label None and a "reason"; `target_accuracy` A instead picks P on the validation curve the model keeps,
+        so that the validation images answered were right A of the time. A bad value is a UserError.
 
         `images` is one image or a list of them, each a file path, a PIL image or a numpy uint8 array
         (H, W, 3). In-memory images are handed over as lossless PNG bytes, the form the Predictor already
         decodes, so they take the very path a file does (the same resize to the model's input) and a photo
         gives the same answer whether it is passed as a file, a PIL image or its pixels.
         """
+        threshold = self.predictor.reject_threshold(reject_below, target_accuracy)
         items = [images] if _is_single(images) else list(images)
         if not items:
             return []
         try:
-            return self.predictor.predict([_as_source(item) for item in items], top_k=top_k)
+            return self.predictor.predict([_as_source(item) for item in items], top_k=top_k, reject_below=threshold)
         except ValueError as exc:  # an unreadable image, or top_k below 1: the caller's to fix
             raise UserError(str(exc)) from None
 

@@ -344,7 +344,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from imgclf.inference.predictor import predict_command
 
     return predict_command(args.images, args.checkpoint, args.onnx, args.top_k, args.device, explain=args.explain,
-                           csv_out=args.out, batch_size=args.batch_size, quiet=args.quiet, tta=args.tta)
+                           csv_out=args.out, batch_size=args.batch_size, quiet=args.quiet, tta=args.tta,
+                           reject_below=args.reject_below, target_accuracy=args.target_accuracy)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -403,7 +404,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if bool(args.checkpoint) == bool(args.onnx):
         raise UserError("give exactly one of --checkpoint or --onnx")
     serve(checkpoint=args.checkpoint, onnx=args.onnx, host=args.host, port=args.port, device=args.device,
-          api_key=args.api_key or os.environ.get("IMGCLF_API_KEY"),
+          api_key=args.api_key or os.environ.get("IMGCLF_API_KEY"), reject_below=args.reject_below,
+          target_accuracy=args.target_accuracy,
           **{option.name: getattr(args, option.name) for option in [*serve_options(), *switch_options()]})
     return 0
 
@@ -527,6 +529,18 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average each image over its "
                    "mirrored and 1-px shifted views (6 views, as `evaluate --tta`: about 6x the compute; the "
                    "cost is printed to stderr, measured on the first batch)")
+    _reject_options(p)
+
+
+def _reject_options(p: argparse.ArgumentParser) -> None:
+    """predict's and serve's "I don't know": a threshold given, or one chosen for a target accuracy."""
+    reject = p.add_mutually_exclusive_group()
+    reject.add_argument("--reject-below", type=number(float, "reject-below", 0, 1, low_open=True, high_open=True),
+                        metavar="P", help="answer label null, with the reason, for an image whose top probability "
+                        "(temperature-calibrated on the validation split) is under P (default: always answer)")
+    reject.add_argument("--target-accuracy", type=number(float, "target-accuracy", 0, 1, low_open=True),
+                        metavar="A", help="as --reject-below, with the threshold at which the validation images "
+                        "answered reach accuracy A (chosen on the curve kept in the checkpoint or ONNX file)")
 
 
 def _compare_options(p: argparse.ArgumentParser) -> None:
@@ -602,6 +616,7 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     for option in switch_options():  # on/off (--tta): default and help from ServerSettings
         p.add_argument(f"--{option.name.replace('_', '-')}", action="store_true", default=option.default,
                        help=option.metadata["switch"])
+    _reject_options(p)
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
 
 

@@ -101,13 +101,16 @@ class Progress:
 @dataclass
 class Tally:
     """Counts of a predict run, and the (true, predicted) class indices of the labelled images (two small
-    ints an image) for the scores at the end."""
+    ints an image) for the scores at the end; with a reject threshold, which answers were "I don't know"."""
 
     classes: list[str]
+    reject_below: float | None = None
     images: int = 0
+    rejected: int = 0
     unreadable: list[str] = field(default_factory=list)
     true: list[int] = field(default_factory=list)
     pred: list[int] = field(default_factory=list)
+    kept: list[bool] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.index = {c: i for i, c in enumerate(self.classes)}
@@ -116,17 +119,30 @@ class Tally:
         self.images += 1
         if isinstance(result, str):
             self.unreadable.append(name)
-        elif true_label is not None:
+            return
+        self.rejected += result["label"] is None
+        if true_label is not None:
             self.true.append(self.index[true_label])
-            self.pred.append(self.index[result["label"]])
+            self.pred.append(self.index[result["top_k"][0]["label"]])
+            self.kept.append(result["label"] is not None)
 
     def summary(self, seconds: float) -> dict[str, Any]:
-        """Counts, speed, and where any image was labelled its accuracy, balanced accuracy and macro-F1."""
-        out: dict[str, Any] = {"images": self.images, "predicted": self.images - len(self.unreadable),
+        """Counts, speed, and where any image was labelled its accuracy, balanced accuracy and macro-F1; with a
+        reject threshold, the share answered (coverage) and these scores on the answered images, beside the
+        accuracy had every image been answered."""
+        predicted = self.images - len(self.unreadable)
+        out: dict[str, Any] = {"images": self.images, "predicted": predicted,
                                "unreadable": len(self.unreadable), "labelled": len(self.true),
                                "seconds": round(seconds, 2), "images_per_second": round(self.images / seconds, 1)}
-        if self.true:
-            true, pred = np.asarray(self.true), np.asarray(self.pred)
+        if self.reject_below is not None:
+            out.update(reject_below=round(self.reject_below, 6), rejected=self.rejected,
+                       coverage=(predicted - self.rejected) / predicted if predicted else None)
+        kept = np.asarray(self.kept, dtype=bool)
+        if self.true and self.reject_below is not None:
+            out.update(accuracy_without_reject=float((np.asarray(self.true) == np.asarray(self.pred)).mean()),
+                       labelled_kept=int(kept.sum()))
+        if kept.any():
+            true, pred = np.asarray(self.true)[kept], np.asarray(self.pred)[kept]
             report = class_report(true, pred, self.classes)
             out.update(accuracy=float((true == pred).mean()), balanced_accuracy=report["balanced_accuracy"],
                        macro_f1=report["macro_f1"])
@@ -137,5 +153,9 @@ def score_line(summary: dict[str, Any]) -> str | None:
     """The summary in one line for stderr, where there is a score to give."""
     if "accuracy" not in summary:
         return None
-    return (f"imgclf: accuracy {summary['accuracy']:.2%} on {summary['labelled']} labelled images (balanced "
-            f"accuracy {summary['balanced_accuracy']:.2%}, macro-F1 {summary['macro_f1']:.3f})")
+    on = f"{summary['labelled']} labelled images"
+    if "labelled_kept" in summary:
+        on = (f"the {summary['labelled_kept']} of {on} answered ({summary['labelled_kept'] / summary['labelled']:.1%}; "
+              f"{summary['accuracy_without_reject']:.2%} answering all)")
+    return (f"imgclf: accuracy {summary['accuracy']:.2%} on {on} (balanced accuracy "
+            f"{summary['balanced_accuracy']:.2%}, macro-F1 {summary['macro_f1']:.3f})")

@@ -24,7 +24,7 @@ from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
 from imgclf.fileio import write_bytes
 from imgclf.models import ImageClassifier
-from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
+from imgclf.models.checkpoint import calibration_of, load_checkpoint, model_from_checkpoint
 
 ONNX_FORMAT = "imgclf-onnx-v1"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -102,8 +102,12 @@ def onnx_metadata(ckpt: dict[str, Any], model: ImageClassifier, checkpoint_sha25
         "normalization": json.dumps({"where": "inside the model: (x - mean) / std", "mean": mean, "std": std}),
         "preprocessing": PREPROCESSING,
         "preprocess": json.dumps(Preprocess.from_checkpoint(ckpt).to_dict()),
-        "output": "logits (batch, num_classes); softmax gives probabilities in the order of `classes`",
+        "output": "logits (batch, num_classes); softmax(logits / temperature) gives calibrated probabilities in the "
+                  "order of `classes`",
         "checkpoint_sha256": checkpoint_sha256,
+        # the temperature fitted on validation logits (1.0 when none was) and, where kept, that split's
+        # coverage-accuracy curve, from which `--target-accuracy` picks a reject threshold (JSON)
+        **{key: json.dumps(value) for key, value in calibration_of(ckpt).items() if value is not None},
     }
 
 

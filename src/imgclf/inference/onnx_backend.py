@@ -74,6 +74,11 @@ def load_onnx(path: str | Path, threads: int | None = None,
         input_size = int(props["input_size"])
         preprocess = (Preprocess.from_dict(json.loads(props["preprocess"])) if "preprocess" in props
                       else Preprocess(input_size, "crop", 1.0))
+        # files exported before calibration was kept: plain softmax, no validation curve
+        calibration = {"temperature": float(json.loads(props.get("temperature", "1.0"))),
+                       "selective": json.loads(props["selective"]) if "selective" in props else None}
+        if not calibration["temperature"] > 0:
+            raise ValueError("temperature")
     except (ValueError, TypeError, KeyError, UserError):
         raise UserError(f"{path}: malformed imgclf metadata in the ONNX file") from None
     input_name = props.get("input_name", INPUT_NAME)
@@ -88,5 +93,5 @@ def load_onnx(path: str | Path, threads: int | None = None,
     check_graph(path, session, run, classes, input_size, preprocess)
 
     metadata = {"model": props.get("model", "unknown"), "source": str(path), "backend": "onnxruntime",
-                "checkpoint_sha256": props.get("checkpoint_sha256"), "onnx_sha256": sha256_file(path)}
+                "checkpoint_sha256": props.get("checkpoint_sha256"), "onnx_sha256": sha256_file(path), **calibration}
     return run, classes, preprocess, metadata

@@ -25,7 +25,7 @@ from imgclf.inference.settings import LARGE_IMAGE_PIXELS, ServerSettings
 if TYPE_CHECKING:
     from fastapi import UploadFile
 
-Item = tuple[torch.Tensor, int, bool]  # an image's tensor, top_k, explain
+Item = tuple[torch.Tensor, int, bool, float | None]  # an image's tensor, top_k, explain, reject_below
 
 
 class Lane:
@@ -62,10 +62,11 @@ class Pipeline:
 
     def run_batch(self, items: list[Item]) -> list[dict[str, Any]]:
         """One forward pass (on a batcher thread); Grad-CAM overlays for the items that asked."""
-        batch = torch.cat([x for x, _, _ in items])
+        batch = torch.cat([x for x, _, _, _ in items])
         probs = self.predictor.probabilities(batch)
-        results = [self.predictor.rank(row[None], k)[0] for row, (_, k, _) in zip(probs, items, strict=True)]
-        wanted = [i for i, (_, _, explain) in enumerate(items) if explain]
+        results = [self.predictor.rank(row[None], k, reject)[0]
+                   for row, (_, k, _, reject) in zip(probs, items, strict=True)]
+        wanted = [i for i, (_, _, explain, _) in enumerate(items) if explain]
         if wanted and self.cam is not None:  # the routes refuse explain=true without a torch model
             pngs = overlays_base64(self.cam, batch[wanted], probs[wanted].argmax(axis=1).tolist())
             for i, png in zip(wanted, pngs, strict=True):

@@ -22,11 +22,12 @@ from imgclf.data.photos import Preprocess
 from imgclf.data.sources import warn_unreadable
 from imgclf.errors import UserError
 from imgclf.evaluation.gradcam import GradCAM, overlays_png
+from imgclf.evaluation.selective import SelectiveCurve, threshold_for_accuracy
 from imgclf.fileio import atomic_file, write_bytes
 from imgclf.inference.bulk import Listing, Progress, Tally, list_inputs, score_line
 from imgclf.inference.onnx_backend import load_onnx
 from imgclf.mathutil import softmax
-from imgclf.models.checkpoint import load_checkpoint, model_from_checkpoint
+from imgclf.models.checkpoint import calibration_of, load_checkpoint, model_from_checkpoint
 from imgclf.runtime import resolve_device
 
 Backend = Callable[[torch.Tensor], np.ndarray]  # float (N, 3, S, S) in [0, 1] -> logits (N, C)
@@ -63,6 +64,11 @@ class Predictor:
         self.backend, self.classes, self.preprocessing, self.metadata = backend, classes, preprocess, metadata
         self.model = model  # the torch network behind a checkpoint's backend (Grad-CAM); None for ONNX
         self.tta = tta  # average each image's logits over the TTA views (6x the compute)
+        # Fitted on the validation logits at the end of training (1.0 for a model without one): probabilities are
+        # softmax(logits / temperature). `selective` is that split's coverage-accuracy curve (or None).
+        self.temperature = float(metadata.get("temperature") or 1.0)
+        self.selective: dict[str, Any] | None = metadata.get("selective")
+        self.reject_below: float | None = None  # answer label None (with the reason) under this top probability
         # With tta: called once, with the cost line `tta_cost` measured on the first batch predicted.
         self.on_tta_cost: Callable[[str], None] | None = None
 
@@ -100,7 +106,7 @@ class Predictor:
         from imgclf.inference.export import sha256_file
 
         metadata = {"model": ckpt["config"]["model"], "source": str(checkpoint), "backend": "torch",
-                    "checkpoint_sha256": sha256_file(checkpoint)}
+                    "checkpoint_sha256": sha256_file(checkpoint), **calibration_of(ckpt)}
         return cls(run, list(ckpt["classes"]), Preprocess.from_checkpoint(ckpt), metadata, model=model)
 
     def preprocess(self, sources: Sequence[bytes | str | Path]) -> torch.Tensor:
@@ -129,8 +135,30 @@ class Predictor:
             report, self.on_tta_cost = self.on_tta_cost, None
             logits, line = self.tta_cost(batch)
             report(line)
-            return softmax(logits).astype(np.float32)
-        return softmax(self.logits(batch)).astype(np.float32)
+            return softmax(logits, self.temperature).astype(np.float32)
+        return softmax(self.logits(batch), self.temperature).astype(np.float32)
+
+    def reject_threshold(self, reject_below: float | None = None, target_accuracy: float | None = None
+                         ) -> float | None:
+        """The top probability under which to answer "I don't know": `reject_below` as given, or the one the
+        validation curve stored with the model picks for `target_accuracy` (evaluation.selective); None for
+        neither. A value outside (0, 1), both at once, or a target the model cannot reach is a UserError."""
+        if reject_below is not None and target_accuracy is not None:
+            raise UserError("give one of --reject-below or --target-accuracy, not both")
+        if reject_below is not None and not 0 < reject_below < 1:
+            raise UserError(f"--reject-below must be a probability between 0 and 1 (exclusive), got {reject_below}")
+        if target_accuracy is None:
+            return reject_below
+        if not 0 < target_accuracy <= 1:
+            raise UserError(f"--target-accuracy must be above 0 and at most 1, got {target_accuracy}")
+        if not self.selective:
+            raise UserError(f"{self.metadata.get('source')} holds no validation curve to choose a threshold from "
+                            "(written before imgclf kept one, or not the delivered weights: use best.pt); give "
+                            "--reject-below P instead")
+        try:
+            return threshold_for_accuracy(SelectiveCurve.from_dict(self.selective), target_accuracy)
+        except ValueError as exc:
+            raise UserError(f"--target-accuracy {target_accuracy:g}: {exc}") from None
 
     def tta_cost(self, batch: torch.Tensor, what: str = "measured on the first batch") -> tuple[np.ndarray, str]:
         """(the TTA logits of `batch`, a line saying what TTA costs an image against no TTA on it): one
@@ -146,20 +174,27 @@ class Predictor:
         return logits, (f"imgclf: --tta: {TTA_VIEWS} views an image, {views * 1000 / n:.2f} ms an image vs "
                         f"{plain * 1000 / n:.2f} ms without ({what}, {n} image{'s' * (n != 1)})")
 
-    def rank(self, probs: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
-        """Top-k labels of each row; k above the number of classes lists them all."""
+    def rank(self, probs: np.ndarray, top_k: int = 5, reject_below: float | None = None) -> list[dict[str, Any]]:
+        """Top-k labels of each row; k above the number of classes lists them all. A row whose top probability is
+        under `reject_below` (default: `self.reject_below`) answers label None with the reason; its probability
+        and top-k still say what the model would have guessed."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         k = min(top_k, len(self.classes))
+        threshold = self.reject_below if reject_below is None else reject_below
         results = []
         for row in probs:
             order = np.argsort(-row, kind="stable")[:k]
             top = [{"label": self.classes[i], "probability": round(float(row[i]), 6)} for i in order]
-            results.append({"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
+            result: dict[str, Any] = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+            if threshold is not None and row[order[0]] < threshold:
+                result.update(label=None, reason=f"top probability {row[order[0]]:.3f} < {threshold:.3f}")
+            results.append(result)
         return results
 
-    def predict(self, sources: Sequence[bytes | str | Path], top_k: int = 5) -> list[dict[str, Any]]:
-        return self.rank(self.probabilities(self.preprocess(sources)), top_k)
+    def predict(self, sources: Sequence[bytes | str | Path], top_k: int = 5,
+                reject_below: float | None = None) -> list[dict[str, Any]]:
+        return self.rank(self.probabilities(self.preprocess(sources)), top_k, reject_below)
 
     def predict_each(self, sources: Iterable[tuple[str, bytes | str | Path]], top_k: int = 5,
                      batch_size: int = 64) -> Iterator[tuple[str, dict[str, Any] | str]]:
@@ -219,7 +254,8 @@ def explainer(predictor: Predictor, out_dir: str | Path) -> Explain:
 def predict_command(images: Sequence[str], checkpoint: str | None = None, onnx: str | None = None, top_k: int = 5,
                     device: str = "auto", out: TextIO | None = None, err: TextIO | None = None,
                     explain: str | None = None, csv_out: str | None = None, batch_size: int = 64,
-                    quiet: bool = False, tta: bool = False) -> int:
+                    quiet: bool = False, tta: bool = False, reject_below: float | None = None,
+                    target_accuracy: float | None = None) -> int:
     """`imgclf predict` over image files, folders and archives, streamed a batch at a time.
 
     Without `csv_out`: one JSON line per readable image on `out`, in order, and one line per bad file on `err`;
@@ -229,6 +265,8 @@ def predict_command(images: Sequence[str], checkpoint: str | None = None, onnx: 
     folders name the model's classes, results carry the true label and the summary the accuracy. With
     `explain` (a folder) each JSON line also names the Grad-CAM overlay written there. With `tta` each image's
     logits are averaged over its mirrored and shifted views, and what that costs is printed once on `err`.
+    With `reject_below` (or the threshold `target_accuracy` picks on the validation curve, said once on `err`)
+    an image under it gets label null and a reason, and the summary says the coverage and the kept accuracy.
     """
     if bool(checkpoint) == bool(onnx):
         raise UserError("give exactly one of --checkpoint or --onnx")
@@ -236,13 +274,18 @@ def predict_command(images: Sequence[str], checkpoint: str | None = None, onnx: 
         raise UserError(f"--top-k must be at least 1, got {top_k}")
     out, err = out or sys.stdout, err or sys.stderr
     predictor = Predictor.load(checkpoint=checkpoint, onnx=onnx, device=device, tta=tta)
+    predictor.reject_below = predictor.reject_threshold(reject_below, target_accuracy)
+    if target_accuracy is not None:
+        print(f"imgclf: --target-accuracy {target_accuracy:g}: answering only above top probability "
+              f"{predictor.reject_below:.4f} (chosen on the validation split; temperature "
+              f"{predictor.temperature:.3f})", file=err, flush=True)
     if tta:
         predictor.on_tta_cost = lambda line: print(line, file=err, flush=True)
     listing = list_inputs(images, predictor.classes, err)
     if explain and any(is_archive(path) for _, path, _ in listing.inputs):
         raise UserError("--explain takes image files and folders, not archives (extract it first)")
     explain_one = explainer(predictor, explain) if explain else None
-    tally = Tally(predictor.classes)
+    tally = Tally(predictor.classes, reject_below=predictor.reject_below)
     progress = Progress(listing.total, err, enabled=bool(csv_out) and not quiet)
     results = predictor.predict_each(listing.sources(), top_k=top_k, batch_size=batch_size)
     if csv_out:
@@ -275,6 +318,7 @@ def _write_csv(path: str, results: Iterable[tuple[str, dict[str, Any] | str]], l
     labelled = bool(listing.labels)
     header = ["file", *[f"{w}_{i}" for i in range(1, k + 1) for w in ("label", "probability")]]
     header += ["true_label", "correct"] if labelled else []
+    header += ["reason"] if tally.reject_below is not None else []  # why label_1 was not the answer (rejected)
     with atomic_file(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow([*header, "error"])
@@ -287,5 +331,6 @@ def _write_csv(path: str, results: Iterable[tuple[str, dict[str, Any] | str]], l
                 continue
             row = [name, *[v for t in result["top_k"] for v in (t["label"], t["probability"])]]
             if labelled:
-                row += [truth or "", "" if truth is None else int(truth == result["label"])]
+                row += [truth or "", "" if truth is None else int(truth == result["top_k"][0]["label"])]
+            row += [result.get("reason", "")] if tally.reject_below is not None else []
             writer.writerow([*row, ""])

@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from imgclf.inference.limits import ClientError, check_file_count, check_uploads
 from imgclf.inference.metrics import CONTENT_TYPE, Metrics
 from imgclf.inference.pipeline import Pipeline
-from imgclf.inference.schemas import Explain, FilePrediction, Health, Prediction, TopK, error_responses
+from imgclf.inference.schemas import Explain, FilePrediction, Health, Prediction, RejectBelow, TopK, error_responses
 from imgclf.inference.settings import ServerSettings
 
 log = logging.getLogger("imgclf.server")
@@ -87,30 +87,32 @@ def add_prediction_routes(app: FastAPI, pipeline: Pipeline, settings: ServerSett
     @app.post("/predict", response_model=Prediction, response_model_exclude_unset=True, responses=errors,
               dependencies=protected, summary="Classify one image")
     async def predict(file: Annotated[UploadFile, File(description="one image (PNG, JPEG, ...)")],
-                      top_k: TopK = 5, explain: Explain = False) -> dict[str, Any]:
+                      top_k: TopK = 5, explain: Explain = False, reject_below: RejectBelow = None) -> dict[str, Any]:
         pipeline.check_explain(explain)
         [pixels] = await check_uploads([(file, "file")], settings)
         x = await pipeline.read_and_decode(file, "file", pixels)
-        return await pipeline.batcher.submit((x, top_k, explain))
+        return await pipeline.batcher.submit((x, top_k, explain, reject_below))
 
     @app.post("/predict/batch", response_model=list[FilePrediction], response_model_exclude_unset=True,
               responses=errors, dependencies=protected, summary="Classify several images; results in upload order")
     async def predict_batch(files: Annotated[list[UploadFile], File(description="images, one per part")],
-                            top_k: TopK = 5, explain: Explain = False) -> list[dict[str, Any]]:
+                            top_k: TopK = 5, explain: Explain = False,
+                            reject_below: RejectBelow = None) -> list[dict[str, Any]]:
         pipeline.check_explain(explain)
         check_file_count(len(files), settings)
         labelled = [(f, f"files[{i}] ({f.filename or 'unnamed'})") for i, f in enumerate(files)]
         pixels = await check_uploads(labelled, settings)
         tensors = await asyncio.gather(*(pipeline.read_and_decode(f, label, n)
                                          for (f, label), n in zip(labelled, pixels, strict=True)))
-        results = await pipeline.batcher.submit_many([(x, top_k, explain) for x in tensors])
+        results = await pipeline.batcher.submit_many([(x, top_k, explain, reject_below) for x in tensors])
         return [{"file": f.filename, **r} for f, r in zip(files, results, strict=True)]
 
 
 def add_info_routes(app: FastAPI, pipeline: Pipeline, settings: ServerSettings, errors: Responses,
                     protected: list[Any]) -> None:
     predictor, batcher = pipeline.predictor, pipeline.batcher
-    limits = {k: v for k, v in asdict(settings).items() if k not in ("api_key", "decode_threads", "tta")}
+    limits = {k: v for k, v in asdict(settings).items()
+              if k not in ("api_key", "decode_threads", "tta", "reject_below", "target_accuracy")}
 
     @app.get("/health", response_model=Health, summary="Liveness: the model is loaded and serving")
     async def health() -> dict[str, Any]:
@@ -125,7 +127,8 @@ def add_info_routes(app: FastAPI, pipeline: Pipeline, settings: ServerSettings, 
                 "num_classes": len(predictor.classes), "input_size": predictor.input_size,
                 "input": "RGB, resized (short side) and center-cropped to input_size; normalized in the model",
                 "checkpoint_sha256": meta.get("checkpoint_sha256"), "onnx_sha256": meta.get("onnx_sha256"),
-                "tta": predictor.tta, "limits": limits,
+                "tta": predictor.tta, "temperature": predictor.temperature,
+                "reject_below": predictor.reject_below, "target_accuracy": settings.target_accuracy, "limits": limits,
                 "batching": {**batcher.stats.as_dict(), "queued": batcher.queued}}
 
 

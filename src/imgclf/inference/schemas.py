@@ -14,9 +14,11 @@ class Ranked(BaseModel):
 
 
 class Prediction(BaseModel):
-    label: str
-    probability: float
+    label: str | None = Field(description="the predicted class; null when the top probability is under the "
+                              "reject threshold (the model does not know)")
+    probability: float = Field(description="the top class's probability (temperature-calibrated)")
     top_k: list[Ranked]
+    reason: str | None = Field(None, description="with label null: why, e.g. top probability 0.412 < 0.600")
     explanation: str | None = Field(None, description="with explain=true: a Grad-CAM overlay of the image as "
                                     "the model saw it (base64 PNG), showing where it found the predicted class")
 
@@ -34,6 +36,9 @@ class Error(BaseModel):
 
 
 TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description="how many ranked classes to return")]
+RejectBelow = Annotated[float | None, Query(gt=0, lt=1, description="answer label null (with a reason) when the "
+                                            "top probability is under this; default: the server's "
+                                            "--reject-below or --target-accuracy threshold, else none")]
 Explain = Annotated[bool, Query(description="add a Grad-CAM overlay of each image (needs a torch checkpoint, "
                                             "not ONNX; costs a backward pass)")]
 

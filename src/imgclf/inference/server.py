@@ -49,6 +49,8 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
     settings = settings or ServerSettings()
     settings.check()
     predictor.tta = predictor.tta or settings.tta
+    if settings.reject_below is not None or settings.target_accuracy is not None:
+        predictor.reject_below = predictor.reject_threshold(settings.reject_below, settings.target_accuracy)
     metrics = Metrics(str(predictor.metadata.get("model")), predictor.metadata.get("load_seconds", 0.0),
                       queue_depth=lambda: pipeline.batcher.queued)
     pipeline = Pipeline(predictor, settings, on_batch=metrics.batch)
@@ -139,18 +141,20 @@ def serve(checkpoint: str | None = None, onnx: str | None = None, host: str = "1
                                 generator=torch.Generator().manual_seed(0))
             print(predictor.tta_cost(warmup, "measured on a warm-up batch at start-up")[1], file=sys.stderr,
                   flush=True)
+        app = create_app(predictor, settings)  # a reject threshold the model cannot give is refused here
     except BaseException:
         sock.close()
         raise
     if not _is_loopback(host) and not settings.api_key:
         print(f"imgclf: warning: serving on {host} without --api-key; anyone who can reach it can use it",
               file=sys.stderr)
-    app = create_app(predictor, settings)
     config = uvicorn.Config(app, log_level="info", access_log=False, timeout_graceful_shutdown=5,
                             server_header=False)
     shown = f"[{host}]" if ":" in host else host
     print(f"imgclf: serving {predictor.metadata.get('model')} ({predictor.metadata.get('backend')}"
-          f"{', TTA' if predictor.tta else ''}, {workers} "
+          f"{', TTA' if predictor.tta else ''}, temperature {predictor.temperature:.3f}"
+          f"{f', answering above top probability {predictor.reject_below:.3f}' if predictor.reject_below else ''}, "
+          f"{workers} "
           f"worker(s) x {threads} thread(s)) on http://{shown}:{sock.getsockname()[1]}  (docs: /docs, page: /)",
           file=sys.stderr, flush=True)
     uvicorn.Server(config).run(sockets=[sock])

@@ -49,6 +49,11 @@ class ServerSettings:
     tta: bool = field(default=False, metadata={"switch": "test-time augmentation: average each image over its "
                                                        "mirrored and 1-px shifted views (6 views: about 6x the "
                                                        "compute; the cost is printed at start-up)"})
+    # "I don't know": answer label null under this top probability (serve --reject-below), or under the one
+    # the model's validation curve picks for this kept accuracy (serve --target-accuracy); a request's own
+    # reject_below wins. Checked against the model when the app is made (Predictor.reject_threshold).
+    reject_below: float | None = None
+    target_accuracy: float | None = None
     decode_threads: int = 0  # 0: min(4, cores)
     workers: int = _option(1, 1)  # inference threads, each running whole batches; serve sets it (inference_plan)
 

@@ -17,14 +17,35 @@ FORMAT = "imgclf-checkpoint-v2"  # v2: stateful callbacks' state (lr_schedule, .
 READABLE = (FORMAT, "imgclf-checkpoint-v1")  # whose weights, config and classes load (evaluate, predict, serve)
 
 
+# What training adds once the delivered weights are scored (evaluation.selective.calibrate): "temperature" (the
+# logits' divisor before softmax; 1.0 where absent: older checkpoints, weights that were never delivered) and
+# "selective" (the validation split's coverage-accuracy curve, from which --target-accuracy picks a threshold).
+CALIBRATION_KEYS = ("temperature", "selective")
+
+
 def checkpoint_payload(model_state: dict[str, Any], cfg: TrainConfig, classes: list[str],
-                       preprocess: dict[str, Any] | None, **training_state: Any) -> dict[str, Any]:
+                       preprocess: dict[str, Any] | None, calibration: dict[str, Any] | None = None,
+                       **training_state: Any) -> dict[str, Any]:
     """The one builder of a checkpoint dict, for every engine: what evaluate, predict, serve and export read
-    (format, weights, resolved config, classes, the evaluation view), plus `training_state` when it can be
-    resumed (optimizer, scaler, rng, trainer position, callbacks' state: see Trainer.state_dict)."""
+    (format, weights, resolved config, classes, the evaluation view, the calibration where known), plus
+    `training_state` when it can be resumed (optimizer, scaler, rng, trainer position, callbacks' state: see
+    Trainer.state_dict)."""
     view = {"input_size": preprocess["input_size"], "preprocess": preprocess} if preprocess else {}
     return {"format": FORMAT, "model": model_state, "config": cfg.to_dict(), "classes": classes, **view,
-            **training_state}
+            **calibrated({}, calibration), **training_state}
+
+
+def calibrated(ckpt: dict[str, Any], calibration: dict[str, Any] | None) -> dict[str, Any]:
+    """`ckpt` with the calibration entries (CALIBRATION_KEYS) of `calibration` set; anything else is refused."""
+    unknown = set(calibration or {}) - set(CALIBRATION_KEYS)
+    if unknown:
+        raise ValueError(f"not calibration entries: {sorted(unknown)}")
+    return {**ckpt, **(calibration or {})}
+
+
+def calibration_of(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The calibration a checkpoint holds: temperature (1.0 when it holds none) and the selective curve (None)."""
+    return {"temperature": float(ckpt.get("temperature", 1.0)), "selective": ckpt.get("selective")}
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

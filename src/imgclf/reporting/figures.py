@@ -272,6 +272,34 @@ def reliability_diagram(edges: Sequence[float], confidence: Sequence[float], acc
 
 
 @styled
+def coverage_accuracy(coverage: Sequence[float], accuracy: Sequence[float], split: str,
+                      marks: Sequence[tuple[float, float, str]] = (), val_curve: tuple[Sequence[float],
+                                                                                   Sequence[float]] | None = None
+                      ) -> Figure:
+    """Selective prediction: accuracy on the images answered against the share answered, as the threshold on
+    the top probability rises from right (answer all) to left; `marks` are (coverage, accuracy, label) of
+    chosen thresholds, `val_curve` the validation split's curve they were chosen on."""
+    fig = new_figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    if val_curve is not None:
+        ax.plot(val_curve[0], val_curve[1], color=VAL, lw=1.4, alpha=0.8, label="validation (thresholds chosen here)")
+    ax.plot(coverage, accuracy, color=TEST, label=f"{split} split")
+    for i, (cov, acc, label) in enumerate(marks):
+        ax.plot([cov], [acc], "o", color=PALETTE[(i + 3) % len(PALETTE)], ms=7, label=label)
+    ax.set_xlim(0, 1.01)
+    lowest = min([float(np.nanmin(accuracy))] + [a for _, a, _ in marks if np.isfinite(a)])
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.005)
+    ax.set_xlabel("coverage: share of images answered")
+    ax.set_ylabel("accuracy on the images answered")
+    _percent_axis(ax)
+    _percent_axis(ax, "x")
+    ax.set_title("Coverage against accuracy (reject option)")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+@styled
 def lr_finder(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], suggested: float,
               min_loss_lr: float | None = None, diverged_at: float | None = None) -> Figure:
     """Loss against learning rate (log scale): raw and smoothed, the suggestion and the minimum marked."""

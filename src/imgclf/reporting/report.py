@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from imgclf.defaults import REPORT_TARGET_ACCURACIES
 from imgclf.evaluation import calibration as cal
+from imgclf.evaluation import selective as sel
 from imgclf.evaluation.diagnosis import Diagnosis, diagnose
 from imgclf.evaluation.scores import class_scores, confused_pairs, per_sample_loss
 from imgclf.mathutil import softmax
@@ -74,6 +76,7 @@ def write_report(run_dir: str | Path, top_k: int = 18) -> Path:
         _top_losses_section(doc, run, logits, labels, classes, split, top_k)
         _gradcam_section(doc, run, logits, labels, classes, split)
         _calibration_section(doc, run, logits, labels, split)
+        _reject_section(doc, run, logits, labels, split)
     skipped = m.get("skipped_files") or {}
     if skipped.get("count"):
         doc.heading("Files left out")
@@ -294,19 +297,78 @@ def _calibration_section(doc: Document, run: RunArtifacts, logits: np.ndarray, l
     if smoothing and rel.mean_confidence < rel.accuracy_overall - 0.02:
         text += (f" Part of this is by design: label smoothing ({smoothing:g}) trains the model never to be "
                  "fully sure.")
-    temperature = ece_after = None
-    if "val" in run.predictions:
-        val_logits, val_labels = run.predictions["val"]
-        if val_logits.shape[1] == logits.shape[1]:
-            temperature = cal.fit_temperature(val_logits, val_labels)
-            ece_after = cal.expected_calibration_error(logits, labels, temperature=temperature)
-            same = " (fitted and measured on the same split, so optimistic)" if split == "val" else ""
-            direction = "softening" if temperature > 1 else "sharpening"
-            text += (f" Temperature scaling fitted on the validation logits (T = {temperature:.2f}, "
-                     f"{direction} the probabilities) would bring the ECE to {100 * ece_after:.1f} points{same}"
-                     " without changing a single prediction.")
+    temperature = _temperature(run, logits.shape[1])
+    ece_after = None
+    if temperature is not None:
+        ece_after = cal.expected_calibration_error(logits, labels, temperature=temperature)
+        same = " (fitted and measured on the same split, so optimistic)" if split == "val" else ""
+        direction = ("softening the probabilities" if temperature > 1 else "sharpening the probabilities"
+                     if temperature < 1 else "the probabilities as they were")
+        effect = f"the ECE to {100 * ece_after:.1f} points{same} without changing a single prediction"
+        if "temperature" in run.metrics:  # fitted by training: the model applies it
+            text += (f" Training fitted a temperature on the validation logits (T = {temperature:.2f}, "
+                     f"{direction}), which predict, serve and the exported model apply: it brings {effect}.")
+        else:
+            text += (f" Temperature scaling fitted on the validation logits (T = {temperature:.2f}, {direction}) "
+                     f"would bring {effect}.")
+        if run.metrics.get("temperature_note"):
+            text += f" ({run.metrics['temperature_note']}.)"
     doc.figure("reliability", figs.reliability_diagram(rel.edges, rel.confidence, rel.accuracy, rel.counts, rel.ece,
                                                        ece_after, temperature),
                "Bars: the accuracy of the predictions in each confidence bin; on the dashed diagonal, confidence "
                "would equal accuracy. Red hatching is the gap. Below: how many predictions fall in each bin.")
     doc.paragraph(text)
+
+
+def _temperature(run: RunArtifacts, num_classes: int) -> float | None:
+    """The temperature training stored (metrics.json), else one fitted on the saved validation logits (runs
+    from before training fitted one), else None."""
+    if run.metrics.get("temperature"):
+        return float(run.metrics["temperature"])
+    if "val" in run.predictions and run.predictions["val"][0].shape[1] == num_classes:
+        return cal.fit_temperature(*run.predictions["val"])
+    return None
+
+
+def _reject_section(doc: Document, run: RunArtifacts, logits: np.ndarray, labels: np.ndarray, split: str) -> None:
+    """Coverage against accuracy on the report's split, with the thresholds `--target-accuracy` would choose on
+    the validation split for REPORT_TARGET_ACCURACIES marked, and what each gives on this split."""
+    temperature = _temperature(run, logits.shape[1]) or 1.0
+    doc.heading("Reject option: coverage against accuracy")
+    probs = softmax(logits, temperature)
+    curve = sel.selective_curve(probs.max(axis=1), probs.argmax(axis=1) == labels, points=None)
+    marks: list[tuple[float, float, str]] = []
+    rows: list[list[Any]] = []
+    val_curve = None
+    if split != "val" and "val" in run.predictions and run.predictions["val"][0].shape[1] == logits.shape[1]:
+        val_logits, val_labels = run.predictions["val"]
+        val_probs = softmax(val_logits, temperature)
+        val = sel.selective_curve(val_probs.max(axis=1), val_probs.argmax(axis=1) == val_labels, points=None)
+        val_curve = (val.coverage, val.accuracy)
+        for target in REPORT_TARGET_ACCURACIES:
+            if target <= val.accuracy[-1]:
+                continue  # answering every image already reaches it
+            try:
+                threshold = sel.threshold_for_accuracy(val, target)
+            except ValueError:
+                rows.append([_pct(target, 0), "not reached on validation", "", "", ""])
+                continue
+            coverage, accuracy = sel.kept_at(curve, threshold)
+            marks.append((coverage, accuracy, f"--target-accuracy {target:g} (P = {threshold:.3f})"))
+            rows.append([_pct(target, 0), f"{threshold:.3f}", _pct(sel.kept_at(val, threshold)[0]), _pct(coverage),
+                         _pct(accuracy)])
+    text = (f"Answering only when the top probability (at T = {temperature:.2f}) is high enough trades coverage for "
+            f"accuracy: answering all {len(labels):,} {split} images, the model is right {_pct(curve.accuracy[-1])} "
+            "of the time; moving left, the least confident images are left unanswered (`predict --reject-below P`, "
+            "`serve --reject-below P`, or `--target-accuracy A` to choose P on the validation split).")
+    if val_curve is None:
+        text += " No validation predictions beside these, so no threshold is chosen here."
+    doc.figure("coverage_accuracy", figs.coverage_accuracy(curve.coverage, curve.accuracy, split, marks, val_curve),
+               text)
+    if rows:
+        doc.table(["target accuracy", "threshold P (chosen on val)", "val answered", f"{split} answered",
+                   f"{split} accuracy when answered"], rows, numeric={1, 2, 3, 4})
+        doc.paragraph(f"The thresholds are chosen on the validation split, where the temperature was fitted and the "
+                      f"best epoch picked, so the {split} split is the honest check. Images of classes the model "
+                      "never saw are not measured here: a threshold rejects them only as far as the model is unsure "
+                      "of them.")

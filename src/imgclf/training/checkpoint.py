@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from imgclf.fileio import write_with
-from imgclf.models.checkpoint import FORMAT
+from imgclf.models.checkpoint import FORMAT, calibrated, load_checkpoint
 
-__all__ = ["FORMAT", "rng_state", "save_atomic", "set_rng_state"]
+__all__ = ["FORMAT", "add_calibration", "rng_state", "save_atomic", "set_rng_state"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -41,3 +41,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """A kill at any moment leaves either the previous file or the new one, never a torn one."""
     write_with(path, lambda f: torch.save(obj, f))
+
+
+def add_calibration(paths: list[Path], model_state: dict[str, Any], calibration: dict[str, Any]) -> list[Path]:
+    """Rewrite (atomically) each checkpoint in `paths` that holds exactly the weights `model_state` with the
+    calibration fitted on them; a checkpoint of other weights (last.pt when an earlier epoch was delivered) is
+    left without one, since a temperature fits only the weights it was fitted on. Returns the paths rewritten."""
+    weights = {k: v.detach().cpu() for k, v in model_state.items()}
+    written = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        ckpt = load_checkpoint(path)
+        saved = ckpt["model"]
+        if saved.keys() == weights.keys() and all(torch.equal(saved[k], weights[k]) for k in weights):
+            save_atomic(calibrated(ckpt, calibration), path)
+            written.append(path)
+    return written

@@ -19,12 +19,14 @@ from imgclf.data.photos import Preprocess, train_transform
 from imgclf.defaults import RATE_PROBE_STEPS
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import SCORE_KEYS, loss_and_accuracy, predict_logits, summarize
+from imgclf.evaluation.selective import calibrate
 from imgclf.models import build_model
 from imgclf.models.checkpoint import checkpoint_config, load_checkpoint
 from imgclf.rundir import RunDir, skipped_summary
 from imgclf.runtime import plain_step, resolve_amp, resolve_device, seed_everything
 from imgclf.training import callbacks as cb
 from imgclf.training import distributed
+from imgclf.training.checkpoint import add_calibration
 from imgclf.training.engine import Fitted
 from imgclf.training.losses import criterion_for, imbalance_warning
 from imgclf.training.optim import build_optimizer, decay_split
@@ -135,7 +137,12 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     else:
         callbacks = run_callbacks(cfg, run, dist.is_main, logger) + (extra_callbacks or [])
         fitted = fit_loop(cfg, splits, device, dist, ckpt, run, callbacks)
-    metrics = {**scored(fitted, splits, run, dist.is_main), **fitted.figures}
+    metrics, calibration = scored(fitted, splits, run, dist.is_main)
+    metrics.update(fitted.figures)
+    if dist.is_main:  # the delivered weights' checkpoint learns its temperature and validation curve
+        stored = add_calibration([run.checkpoints / "best.pt", run.last_checkpoint], fitted.model.state_dict(),
+                                 calibration)
+        metrics["calibrated_checkpoints"] = [path.name for path in stored]
     metrics["skipped_files"] = skipped_summary(splits, metrics.pop("streamed_skipped", []))
     metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
@@ -311,11 +318,13 @@ def training_rate(cfg: TrainConfig, data: Any, num_classes: int, device: torch.d
     return images / max(elapsed, 1e-9)
 
 
-def scored(fitted: Fitted, splits: Splits, run: RunDir, is_main: bool) -> dict[str, Any]:
+def scored(fitted: Fitted, splits: Splits, run: RunDir, is_main: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """Val and test numbers of the delivered weights, the same for every engine; the logits are saved for the
-    report (test is read only here)."""
+    report (test is read only here). Also the calibration fitted on the val logits (evaluation.selective): on
+    the plain ones where the run scores with TTA, since predict and serve run without it unless asked."""
     cfg, model = fitted.config, fitted.model
     results: dict[str, Any] = {}
+    calibration: dict[str, Any] = {}
     for name in ("val", "test"):
         part = getattr(splits, name)
         if part is None:
@@ -325,8 +334,11 @@ def scored(fitted: Fitted, splits: Splits, run: RunDir, is_main: bool) -> dict[s
         results[name] = summarize(logits, labels, splits.classes)
         if plain is not None:  # what the views added, measured rather than assumed
             results[name]["accuracy_without_tta"] = loss_and_accuracy(plain, labels)[1]
+        if name == "val":
+            calibration = calibrate((logits if plain is None else plain).numpy(), labels.numpy())
         if is_main:
             run.save_predictions(name, logits, labels)
+    note = calibration["selective"].get("note")
     return {
         "val_accuracy": results["val"]["accuracy"],
         "test_accuracy": results["test"]["accuracy"] if results["test"] else None,
@@ -342,4 +354,6 @@ def scored(fitted: Fitted, splits: Splits, run: RunDir, is_main: bool) -> dict[s
         "per_class_test_accuracy": results["test"]["per_class_accuracy"] if results["test"] else None,
         **{f"{name}_{key}": results[name][key] if results[name] else None for name in ("val", "test")
            for key in SCORE_KEYS},  # val_macro_f1, test_per_class, ...
-    }
+        "temperature": calibration["temperature"],  # fitted on val; predict, serve and export divide logits by it
+        **({"temperature_note": note} if note else {}),
+    }, calibration
