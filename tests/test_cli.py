@@ -133,7 +133,7 @@ _TRAIN_BAD: dict[str, tuple[list[str], str]] = {
     "--low-res": (["--low-res", "1"], "low_res must be below 1"),
     "--class-weights": (["--class-weights", "inverse"], "class_weights must be one of auto, none"),
     "--sampler": (["--sampler", "weighted"], "sampler must be one of balanced, shuffle"),
-    "--monitor": (["--monitor", "f1"], "monitor must be one of macro_f1, val_acc"),
+    "--monitor": (["--monitor", "f1"], "monitor must be one of macro_f1, map, val_acc"),
     "--mixup": (["--mixup", "-0.5"], "mixup must be at least 0"),
     "--cutmix": (["--cutmix", "x"], "cutmix must be a number"),
     "--mix-switch": (["--mix-switch", "2"], "mix_switch must be at most 1"),

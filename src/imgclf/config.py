@@ -114,7 +114,10 @@ class TrainConfig:
     speedrun: str | None = None  # fast | long: train with the CIFAR speed-run engine (--recipe speedrun)
     class_weights: str = "none"  # none | auto: inverse class frequency in the loss (imbalanced data)
     sampler: str = "shuffle"  # shuffle | balanced: draw training images with probability 1 / their class's size
-    monitor: str = "val_acc"  # val_acc | macro_f1: what best.pt and early stopping select on
+    monitor: str = "val_acc"  # val_acc | macro_f1 | map: what best.pt and early stopping select on (multi-label
+                              # data: map, mean average precision, where val_acc is asked)
+    task: str | None = None  # multiclass (one class an image) | multilabel (any number: sigmoid outputs, binary
+                             # cross-entropy, per-class thresholds); None: the data's (config.resolve)
     logger: str = "none"  # none | tensorboard (RUN_DIR/tensorboard/, imgclf[log]) | mlflow (imgclf[mlflow])
     checkpoint_every: str | int | None = "10m"  # also write last.pt mid-epoch: every N steps, or "90s" / "10m" of
                                                 # wall-clock time; "off" (or None): at epoch ends only
@@ -192,7 +195,8 @@ CHOICES = {
     "speedrun": {None, "fast", "long"},
     "class_weights": {"none", "auto"},
     "sampler": {"shuffle", "balanced"},
-    "monitor": {"val_acc", "macro_f1"},
+    "monitor": {"val_acc", "macro_f1", "map"},
+    "task": {None, "multiclass", "multilabel"},
     "logger": {"none", "tensorboard", "mlflow"},
 }
 
@@ -417,6 +421,7 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
 
     if cfg.speedrun:
         return _speed_plan(cfg, splits, device)
+    cfg = _task_plan(cfg, splits)
     strategy = resolve_strategy(cfg)
     cfg = cfg.replace(extra={**cfg.extra, **weights_record(cfg.model, cfg.pretrained, cfg.weights)})
     scratch = strategy == "scratch"
@@ -464,6 +469,27 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
     return resolved.replace(width=width, extra={**cfg.extra, "sizing": sizing})
 
 
+def _task_plan(cfg: TrainConfig, splits: Splits) -> TrainConfig:
+    """The task the data asks for (a labels CSV with several labels a row is multi-label), with what it changes:
+    a multi-label run selects best.pt by mAP where val_acc (exact match, too strict to rank epochs) was asked.
+    What makes no sense for it is refused in one line: mixing and class rebalancing are built on one label an
+    image; its per-class thresholds, chosen on validation, answer the imbalance instead."""
+    task = "multilabel" if splits.multilabel else "multiclass"
+    if cfg.task not in (None, task):
+        raise UserError(f"task {cfg.task} does not fit the data: {cfg.data} is {task} (several labels a row in a "
+                        "labels CSV, `a;b` or 0/1 columns, make it multilabel); drop task")
+    if task == "multiclass":
+        if cfg.monitor == "map":
+            raise UserError("--monitor map (mean average precision) is for multi-label data; use val_acc or macro_f1")
+        return cfg.replace(task=task)
+    if cfg.mixup or cfg.cutmix:
+        raise UserError("--mixup and --cutmix blend one label an image; a multi-label run takes neither")
+    if cfg.class_weights != "none" or cfg.sampler != "shuffle":
+        raise UserError("--class-weights and --sampler balanced rebalance one label an image; a multi-label run "
+                        "chooses a threshold per class on validation instead: drop them")
+    return cfg.replace(task=task, monitor="map" if cfg.monitor == "val_acc" else cfg.monitor)
+
+
 def _speed_plan(cfg: TrainConfig, splits: Splits, device: torch.device) -> TrainConfig:
     """The speed run's plan: the preset under the user's own flags (--epochs; --batch-size at the preset's LR
     per step: on 2,000 CIFAR images in batches of 250, 46-49 % vs 36 % at its LR per example; --width,
@@ -488,6 +514,8 @@ def _speed_plan(cfg: TrainConfig, splits: Splits, device: torch.device) -> Train
     if cfg.logger != "none" or cfg.checkpoint_every != TrainConfig.checkpoint_every:
         raise UserError("a speed run takes seconds and keeps final weights only: --logger and --checkpoint-every "
                         "do not apply to it")
+    if splits.multilabel:
+        raise UserError("the speed run trains one label an image; for multi-label data drop --recipe speedrun")
     if not isinstance(splits.train, ImageSet):
         raise UserError("the speed run is for small square images held in memory (CIFAR-like, 16 to 64 px); "
                         "for photos use the default recipe or --recipe finetune")

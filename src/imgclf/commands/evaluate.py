@@ -1,4 +1,5 @@
-"""`imgclf evaluate`: a checkpoint's accuracy, loss, per-class scores and confusion matrix on a split (the
+"""`imgclf evaluate`: a checkpoint's accuracy, loss, per-class scores and confusion matrix on a split, or for a
+multi-label model mAP, per-class AP and F1 at its thresholds, micro and macro F1 and exact match (the
 checkpoint, the data layer and the loaders brought together; the scoring is imgclf.evaluation.metrics)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from imgclf.data.loaders import eval_batch_size, make_loader
 from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
 from imgclf.evaluation.metrics import predict_logits, summarize
-from imgclf.models.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from imgclf.models.checkpoint import calibration_of, checkpoint_config, load_checkpoint, model_from_checkpoint
 from imgclf.runtime import resolve_device
 
 SPLITS = ("test", "val", "all")  # all: every image of the source, whatever split it lies in
@@ -35,7 +36,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     loader = make_loader(part, eval_batch_size(size, dev), dev, train=False, input_size=size, channels_last=False,
                          num_workers=cfg.num_workers, preprocess=preprocess)
     logits, labels = predict_logits(model, loader, tta=tta)  # float32: scores must not move with the CPU
+    thresholds = calibration_of(ckpt)["thresholds"]  # multi-label: each class's, chosen on validation
     return {"checkpoint": str(checkpoint), "data": cfg.data, "split": split, "tta": tta,
-            **summarize(logits, labels, classes)}
+            **summarize(logits, labels, classes, thresholds)}
 
 

@@ -15,7 +15,8 @@ from imgclf.errors import UserError
 
 @dataclass
 class ImageSet:
-    """Decoded images in memory: `images` uint8 (N, H, W, 3), `labels` int64 (N,), `classes` in label order."""
+    """Decoded images in memory: `images` uint8 (N, H, W, 3), `labels` int64 (N,) or, for multi-label data,
+    float32 multi-hot (N, C); `classes` in label order."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -64,13 +65,21 @@ class Splits:
     def classes(self) -> list[str]:
         return self.train.classes
 
+    @property
+    def multilabel(self) -> bool:
+        """Several labels an image (multi-hot rows, from a multi-label CSV) rather than one class index."""
+        return np.ndim(self.train.labels) == 2
+
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int,
                      classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Indices (kept, held_out): a seeded split that holds out `fraction` of every class.
 
     Data too thin to split is refused naming the class (from `classes`, else its label), not sklearn's index.
+    Multi-hot labels (N, C) have no one class to stratify by: they get a seeded shuffle split.
     """
+    if np.ndim(labels) == 2:
+        return _shuffle_split(len(labels), fraction, seed)
     _check_splittable(labels, fraction, classes)
     index = np.arange(len(labels))
     try:
@@ -78,6 +87,16 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int,
     except ValueError as exc:
         raise UserError(f"cannot split {len(labels)} images {fraction:.0%} per class: {exc}") from None
     return np.sort(kept), np.sort(held)
+
+
+def _shuffle_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held_out) of a seeded shuffle; the held-out side rounds up, as sklearn's does."""
+    held = math.ceil(fraction * n)
+    if held < 1 or held >= n:
+        raise UserError(f"cannot split {n} images {fraction:.0%}: one side would be empty (change --val-fraction "
+                        "or add images)")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[held:]), np.sort(order[:held])
 
 
 def _check_splittable(labels: np.ndarray, fraction: float, classes: list[str] | None) -> None:
@@ -101,7 +120,7 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int, classes: list[st
     """Indices of a seeded, class-balanced subset of `size` images (all of them when size >= N)."""
     if size >= len(labels):
         return np.arange(len(labels))
-    num_classes = len(np.unique(labels))
+    num_classes = len(np.unique(labels)) if np.ndim(labels) == 1 else 1  # multi-hot: a shuffled subset
     if size < num_classes:
         raise UserError(f"subset of {size} images is smaller than the {num_classes} classes")
     kept, _ = stratified_split(labels, 1.0 - size / len(labels), seed, classes)

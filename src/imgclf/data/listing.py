@@ -65,11 +65,18 @@ def class_layout(members: list[str]) -> tuple[dict[str, list[tuple[str, str]]], 
     return groups, has_splits
 
 
-def train_classes(path: Path, groups: dict[str, list[tuple[str, str]]]) -> tuple[str, list[str]]:
-    """The training group's key and its sorted class names; val/test classes must be among them."""
+def single_label(label: str) -> list[str]:
+    """The class names a folder's (or a single-label CSV's) label stands for: itself."""
+    return [label]
+
+
+def train_classes(path: Path, groups: dict[str, list[tuple[str, str]]],
+                  names: Callable[[str], list[str]] = single_label) -> tuple[str, list[str]]:
+    """The training group's key and its sorted class names (each label's `names`: several for a multi-label
+    CSV); val/test classes must be among them."""
     train_key = "train" if "train" in groups else ""
-    classes = sorted({c for c, _ in groups[train_key]})
-    unknown = sorted({c for g in groups.values() for c, _ in g} - set(classes))
+    classes = sorted({n for c, _ in groups[train_key] for n in names(c)})
+    unknown = sorted({n for g in groups.values() for c, _ in g for n in names(c)} - set(classes))
     if unknown:
         raise UserError(f"{path}: classes {unknown[:3]} appear in val/test but not in train")
     return train_key, classes

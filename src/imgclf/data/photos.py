@@ -190,11 +190,12 @@ class PhotoDataset(Dataset):
             return self.data.images[i]
         return self.preprocess.decode(self.data.paths[i])
 
-    def __getitem__(self, item: tuple[int, int | None]) -> tuple[torch.Tensor, int] | str:
+    def __getitem__(self, item: tuple[int, int | None]) -> tuple[torch.Tensor, torch.Tensor] | str:
         """The file's name for a file that does not decode (streamed data whose header opened but whose
-        pixels do not, a truncated file): the batch goes on without it, and iterate_photos names it once."""
+        pixels do not, a truncated file): the batch goes on without it, and iterate_photos names it once.
+        The label is a class index, or a multi-hot row for multi-label data."""
         i, seed = item
-        label = int(self.data.labels[i])
+        label = torch.as_tensor(self.data.labels[i])
         try:
             image = self.image(i)
         except Exception:  # noqa: BLE001 - PIL raises many types for a corrupt or non-image file
@@ -215,7 +216,7 @@ def seeded_batches(order: list[int], batch_size: int, num_batches: int, seed: in
     return [items[b * batch_size:(b + 1) * batch_size] for b in range(num_batches)]
 
 
-def _collate_readable(items: list[tuple[torch.Tensor, int] | str],
+def _collate_readable(items: list[tuple[torch.Tensor, torch.Tensor] | str],
                       ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, list[str]]:
     """(the batch of readable items or None, the names of the unreadable ones)."""
     kept = [item for item in items if not isinstance(item, str)]

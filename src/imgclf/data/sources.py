@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.data.csvlabels import CsvListing
+from imgclf.data.csvlabels import LABEL_SEPARATOR, CsvListing, label_names, multi_hot
 from imgclf.data.decode import CACHE_VERSION, decode_image, opens_as_image, printable_name
 from imgclf.data.imageset import FileSet, ImageSet, Splits, check_usable, stratified_split, thin_train
-from imgclf.data.listing import ARCHIVE_SUFFIXES, FolderTree, train_classes, walk_files
+from imgclf.data.listing import ARCHIVE_SUFFIXES, FolderTree, single_label, train_classes, walk_files
 from imgclf.data.photos import PhotoSet, is_small_square_set, working_side
 from imgclf.defaults import PHOTO_INPUT_SIZE
 from imgclf.errors import UserError
@@ -195,18 +195,23 @@ def _read_cache(cache: Path) -> tuple[dict[str, ImageSet | PhotoSet], list[str],
 
 
 def _without_unreadable(path: Path, groups: dict[str, list[tuple[str, str]]], unreadable: set[str],
-                        ) -> tuple[dict[str, list[tuple[str, str]]], list[str], list[str]]:
+                        multilabel: bool = False) -> tuple[dict[str, list[tuple[str, str]]], list[str], list[str]]:
     """The groups less their unreadable members, the classes still holding a readable training image, and
     the classes that lost all of theirs: those are dropped from every split (a class the model never sees
-    cannot be learned or scored), and fewer than two left is refused."""
-    train_key, listed = train_classes(path, groups)
+    cannot be learned or scored), and fewer than two left is refused. A multi-label image keeps its other
+    labels when one of them is dropped."""
+    names = label_names if multilabel else single_label
+    train_key, listed = train_classes(path, groups, names)
     kept = {s: [(c, m) for c, m in items if m not in unreadable] for s, items in groups.items()}
-    classes = sorted({c for c, _ in kept[train_key]})
+    classes = sorted({n for c, _ in kept[train_key] for n in names(c)})
     dropped = [c for c in listed if c not in classes]
     if dropped and len(classes) < 2:
         raise UserError(f"{path}: need at least 2 classes with readable images; no training file of "
                         f"{', '.join(map(repr, dropped))} is a readable image")
-    if dropped:
+    if dropped and multilabel:
+        kept = {s: [(LABEL_SEPARATOR.join(n for n in names(c) if n in classes), m) for c, m in items]
+                for s, items in kept.items()}
+    elif dropped:
         kept = {s: [(c, m) for c, m in items if c in classes] for s, items in kept.items()}
     return kept, classes, dropped
 
@@ -226,13 +231,15 @@ def _decode_tree(path: Path, image_size: int | None, listing: CsvListing | None 
         arrays = dict(zip(members, pool.map(lambda m: _try_decode(tree.read(m), side), members, chunksize=64),
                           strict=True))
     unreadable = [m for m in members if arrays[m] is None]
-    groups, classes, dropped = _without_unreadable(path, groups, set(unreadable))
+    multilabel = bool(listing and listing.multilabel)
+    groups, classes, dropped = _without_unreadable(path, groups, set(unreadable), multilabel)
     index = {c: i for i, c in enumerate(classes)}
     small = is_small_square_set([arrays[m].shape for items in groups.values() for _, m in items])
     parts: dict[str, ImageSet | PhotoSet] = {}
     for split, items in groups.items():
         images = [arrays[m] for _, m in items]
-        y = np.asarray([index[c] for c, _ in items], dtype=np.int64)
+        y = (multi_hot([c for c, _ in items], classes) if multilabel  # float32 (N, C): a multi-label set
+             else np.asarray([index[c] for c, _ in items], dtype=np.int64))
         if small:
             stacked = np.stack(images) if images else np.zeros((0, 8, 8, 3), np.uint8)
             parts[split] = ImageSet(stacked, y, classes)

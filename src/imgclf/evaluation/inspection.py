@@ -272,18 +272,19 @@ def public(result: Any) -> Any:
 
 # -- the cheap check `imgclf train` runs -------------------------------------------------------------------
 
-def _split_digests(splits: Splits) -> Iterable[tuple[str, int, bytes]]:
+def _split_digests(splits: Splits) -> Iterable[tuple[str, bytes, bytes]]:
+    """(split, label as bytes: a class index or a multi-hot row, pixel digest) of every decoded image."""
     for name in ("train", "val", "test"):
         part = getattr(splits, name)
         if isinstance(part, ImageSet | PhotoSet):  # streamed data (FileSet) is too large to hash on every run
             for image, label in zip(part.images, part.labels, strict=True):
-                yield name, int(label), pixel_digest(image)
+                yield name, np.asarray(label).tobytes(), pixel_digest(image)
 
 
 def warn_exact_duplicates(splits: Splits, data: str) -> None:
     """One warning line when identical images sit in two splits (the scores would be optimistic) or carry
     two labels: digests of the arrays already decoded (about 0.3 s for CIFAR-10's 60,000)."""
-    seen: dict[bytes, tuple[str, int]] = {}
+    seen: dict[bytes, tuple[str, bytes]] = {}
     leaked = conflicts = 0
     for split, label, digest in _split_digests(splits):
         first = seen.setdefault(digest, (split, label))
@@ -294,7 +295,8 @@ def warn_exact_duplicates(splits: Splits, data: str) -> None:
         problems.append(f"{leaked} image(s) in one split are exact copies of images in another (scores will be "
                         "optimistic)")
     if conflicts:
-        problems.append(f"{conflicts} image(s) are exact copies of images labelled with another class")
+        problems.append(f"{conflicts} image(s) are exact copies of images labelled with another class (or set "
+                        "of classes)")
     if problems:
         print(f"imgclf: warning: {'; '.join(problems)}; `imgclf inspect --data {data}` lists them",
               file=sys.stderr)

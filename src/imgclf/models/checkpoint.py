@@ -19,8 +19,10 @@ READABLE = (FORMAT, "imgclf-checkpoint-v1")  # whose weights, config and classes
 
 # What training adds once the delivered weights are scored (evaluation.selective.calibrate): "temperature" (the
 # logits' divisor before softmax; 1.0 where absent: older checkpoints, weights that were never delivered) and
-# "selective" (the validation split's coverage-accuracy curve, from which --target-accuracy picks a threshold).
-CALIBRATION_KEYS = ("temperature", "selective")
+# "selective" (the validation split's coverage-accuracy curve, from which --target-accuracy picks a threshold);
+# for a multi-label model instead (evaluation.multilabel.threshold_calibration) "thresholds", one probability a
+# class chosen on validation (0.5 each where absent). The task itself is the config's `task` (`task_of`).
+CALIBRATION_KEYS = ("temperature", "selective", "thresholds")
 
 
 def checkpoint_payload(model_state: dict[str, Any], cfg: TrainConfig, classes: list[str],
@@ -44,8 +46,15 @@ def calibrated(ckpt: dict[str, Any], calibration: dict[str, Any] | None) -> dict
 
 
 def calibration_of(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The calibration a checkpoint holds: temperature (1.0 when it holds none) and the selective curve (None)."""
-    return {"temperature": float(ckpt.get("temperature", 1.0)), "selective": ckpt.get("selective")}
+    """The calibration a checkpoint holds: temperature (1.0 when it holds none), the selective curve and the
+    multi-label thresholds (None where it holds none)."""
+    return {"temperature": float(ckpt.get("temperature", 1.0)), "selective": ckpt.get("selective"),
+            "thresholds": ckpt.get("thresholds")}
+
+
+def task_of(ckpt: dict[str, Any]) -> str:
+    """multilabel or multiclass: the task its config recorded (checkpoints from before multi-label: multiclass)."""
+    return ckpt["config"].get("task") or "multiclass"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 `criterion_for` is the only place the Trainer's cross-entropy is made: label smoothing always, inverse class
 frequency weights with --class-weights auto. Soft targets (mixup) go through the same module, since
-nn.CrossEntropyLoss takes class probabilities as well as class indices.
+nn.CrossEntropyLoss takes class probabilities as well as class indices. A multi-label plan (task multilabel)
+gets binary cross-entropy on sigmoid outputs instead (`SmoothedBCE`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,25 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.from_numpy(inverse * (np.count_nonzero(counts) / inverse.sum())).float()
 
 
+class SmoothedBCE(nn.BCEWithLogitsLoss):
+    """The multi-label loss: binary cross-entropy of each class's sigmoid, averaged over images and classes, with
+    label smoothing as smoothing of the multi-hot targets, y * (1 - s) + s / 2 (each class is a choice of two,
+    as cross-entropy's s / C spreads over its C classes). Computed in float32 under autocast."""
+
+    def __init__(self, smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = targets.float() * (1.0 - self.smoothing) + self.smoothing / 2
+        return super().forward(logits.float(), targets)
+
+
 def criterion_for(cfg: TrainConfig, train_labels: np.ndarray | None = None,
-                  num_classes: int | None = None) -> nn.CrossEntropyLoss:
+                  num_classes: int | None = None) -> nn.Module:
     """The training loss of `cfg`; `train_labels` (and the number of classes) are needed for class weights."""
+    if cfg.task == "multilabel":  # config.resolve refused class weights for it
+        return SmoothedBCE(cfg.label_smoothing)
     weight = None
     if cfg.class_weights == "auto":
         if train_labels is None or num_classes is None:
@@ -53,3 +70,4 @@ def imbalance_warning(labels: np.ndarray, classes: list[str]) -> str | None:
     return (f"imgclf: warning: imbalanced classes: {classes[big]!r} has {counts[big]} training images, "
             f"{classes[small]!r} {counts[small]} ({counts[big] / max(counts[small], 1):.1f}x); consider "
             "--class-weights auto or --sampler balanced (and --monitor macro_f1)")
+

@@ -18,7 +18,8 @@ from imgclf.data.loaders import BatchAugment, endless, eval_batch_size, make_loa
 from imgclf.data.photos import Preprocess, train_transform
 from imgclf.defaults import RATE_PROBE_STEPS
 from imgclf.errors import UserError
-from imgclf.evaluation.metrics import SCORE_KEYS, loss_and_accuracy, predict_logits, summarize
+from imgclf.evaluation.metrics import MULTILABEL_KEYS, SCORE_KEYS, loss_and_accuracy, predict_logits, summarize
+from imgclf.evaluation.multilabel import threshold_calibration
 from imgclf.evaluation.selective import calibrate
 from imgclf.models import build_model
 from imgclf.models.checkpoint import checkpoint_config, load_checkpoint
@@ -208,7 +209,7 @@ def checked_data(cfg: TrainConfig, splits: Splits | None, ckpt: dict[str, Any] |
     if ckpt is not None and ckpt["classes"] != splits.classes:
         raise UserError(f"the checkpoint was trained on classes {ckpt['classes'][:3]}..., the data has "
                         f"{splits.classes[:3]}...")
-    if ckpt is None and is_main and (cfg.class_weights, cfg.sampler) == ("none", "shuffle"):
+    if ckpt is None and is_main and (cfg.class_weights, cfg.sampler) == ("none", "shuffle") and not splits.multilabel:
         warning = imbalance_warning(splits.train.labels, splits.classes)
         if warning:
             print(warning, file=sys.stderr)
@@ -320,7 +321,8 @@ def training_rate(cfg: TrainConfig, data: Any, num_classes: int, device: torch.d
 
 def scored(fitted: Fitted, splits: Splits, run: RunDir, is_main: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """Val and test numbers of the delivered weights, the same for every engine; the logits are saved for the
-    report (test is read only here). Also the calibration fitted on the val logits (evaluation.selective): on
+    report (test is read only here). Also the calibration fitted on the val logits (evaluation.selective; for a
+    multi-label run the per-class thresholds of evaluation.multilabel, at which both splits are scored): on
     the plain ones where the run scores with TTA, since predict and serve run without it unless asked."""
     cfg, model = fitted.config, fitted.model
     results: dict[str, Any] = {}
@@ -331,14 +333,18 @@ def scored(fitted: Fitted, splits: Splits, run: RunDir, is_main: bool) -> tuple[
             results[name] = None
             continue
         logits, labels, plain = fitted.logits(part)
-        results[name] = summarize(logits, labels, splits.classes)
+        if name == "val":
+            fit = threshold_calibration if splits.multilabel else calibrate
+            calibration = fit((logits if plain is None else plain).numpy(), labels.numpy())
+        results[name] = summarize(logits, labels, splits.classes, calibration.get("thresholds"))
         if plain is not None:  # what the views added, measured rather than assumed
             results[name]["accuracy_without_tta"] = loss_and_accuracy(plain, labels)[1]
-        if name == "val":
-            calibration = calibrate((logits if plain is None else plain).numpy(), labels.numpy())
         if is_main:
             run.save_predictions(name, logits, labels)
-    note = calibration["selective"].get("note")
+    note = (calibration.get("selective") or {}).get("note")
+    task = {"task": "multilabel", "thresholds": results["val"]["thresholds"],
+            **{f"{name}_{key}": results[name][key] if results[name] else None for name in ("val", "test")
+               for key in MULTILABEL_KEYS}} if splits.multilabel else {"task": "multiclass"}
     return {
         "val_accuracy": results["val"]["accuracy"],
         "test_accuracy": results["test"]["accuracy"] if results["test"] else None,
@@ -354,6 +360,7 @@ def scored(fitted: Fitted, splits: Splits, run: RunDir, is_main: bool) -> tuple[
         "per_class_test_accuracy": results["test"]["per_class_accuracy"] if results["test"] else None,
         **{f"{name}_{key}": results[name][key] if results[name] else None for name in ("val", "test")
            for key in SCORE_KEYS},  # val_macro_f1, test_per_class, ...
-        "temperature": calibration["temperature"],  # fitted on val; predict, serve and export divide logits by it
+        "temperature": calibration.get("temperature"),  # fitted on val; predict, serve and export divide logits by it
         **({"temperature_note": note} if note else {}),
+        **task,  # multi-label: val_map, test_map, ... and the per-class thresholds chosen on val
     }, calibration

@@ -18,7 +18,13 @@ from torch import nn
 from imgclf.config import TrainConfig
 from imgclf.defaults import NOMINAL_BUDGET_EPOCHS
 from imgclf.errors import UserError
-from imgclf.evaluation.metrics import loss_and_accuracy, macro_f1, predict_logits
+from imgclf.evaluation.metrics import (
+    exact_matches,
+    loss_and_accuracy,
+    macro_f1,
+    mean_average_precision,
+    predict_logits,
+)
 from imgclf.models.checkpoint import checkpoint_payload
 from imgclf.runtime import autocast
 from imgclf.training.accumulation import Batch, GradientAccumulation
@@ -30,7 +36,7 @@ from imgclf.training.low_res import LowRes
 from imgclf.training.mixing import batch_mixer, dominant_labels
 from imgclf.training.schedules import lr_multiplier
 
-MONITORED = {"val_acc": "val_acc", "macro_f1": "val_macro_f1"}  # --monitor -> the history column it selects on
+MONITORED = {"val_acc": "val_acc", "macro_f1": "val_macro_f1", "map": "val_map"}  # --monitor -> its history column
 
 
 class Trainer:
@@ -81,7 +87,7 @@ class Trainer:
         self.best_val_acc = -1.0  # val accuracy of the best epoch
         self.best_epoch = 0
         self.monitor_key = MONITORED[config.monitor]
-        self.best_score = -1.0  # the best epoch's value of the monitored column (val_acc or val_macro_f1)
+        self.best_score = -1.0  # the best epoch's value of the monitored column (val_acc, val_macro_f1, val_map)
         self.stop_reason: str | None = None
         self.current_lr = optimizer.param_groups[-1]["lr"]
         # during a step: the batch (inputs, targets) going into the forward pass, its output and loss, which the
@@ -116,11 +122,14 @@ class Trainer:
         return self.history
 
     def validate(self, model: nn.Module, suffix: str = "") -> dict[str, float]:
-        """Val loss, accuracy and macro F1 of `model` as history columns (names + `suffix`)."""
+        """Val loss, accuracy and macro F1 (and mAP, multi-label) of `model` as history columns (names + `suffix`)."""
         logits, labels = predict_logits(model, self.val_loader, amp_dtype=self.amp_dtype)
-        loss, acc = loss_and_accuracy(logits, labels)
-        return {f"val_loss{suffix}": round(loss, 6), f"val_acc{suffix}": round(acc, 6),
-                f"val_macro_f1{suffix}": round(macro_f1(logits, labels), 6)}  # milliseconds: always recorded
+        loss, acc = loss_and_accuracy(logits, labels)  # multi-label: binary cross-entropy, exact match at 0.5
+        row = {f"val_loss{suffix}": round(loss, 6), f"val_acc{suffix}": round(acc, 6),
+               f"val_macro_f1{suffix}": round(macro_f1(logits, labels), 6)}  # milliseconds: always recorded
+        if labels.ndim == 2:  # multi-label: mean average precision, what best.pt selects on by default
+            row[f"val_map{suffix}"] = round(mean_average_precision(logits, labels), 6)
+        return row
 
     def _train_epoch(self) -> tuple[float, float]:
         self.train_model.train()
@@ -167,7 +176,8 @@ class Trainer:
                 self._call("on_loss")
                 self.scaler.scale(self.loss / len(group)).backward()  # the group's sum: the mean of them all
             loss_sum += self.loss.detach() * len(self.y)
-            correct += (self.out.argmax(1) == dominant_labels(self.y)).sum()
+            correct += (exact_matches(self.out, self.y).sum() if self.config.task == "multilabel"
+                        else (self.out.argmax(1) == dominant_labels(self.y)).sum())
             seen += len(self.y)
         self.x = self.y = self.out = self.loss = None
         if self.config.grad_clip:

@@ -1,0 +1,190 @@
+"""Multi-label data: a labels CSV with several labels a row (`a;b`, or a 0/1 column per class) trains sigmoid
+outputs with binary cross-entropy, picks best.pt by mAP, keeps per-class thresholds chosen on validation in the
+checkpoint, and scores mAP, per-class AP and F1, micro/macro F1 and exact match."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgclf.cli import main
+from imgclf.data import load_splits
+from imgclf.data.csvlabels import CsvListing
+from imgclf.errors import UserError
+from imgclf.evaluation.multilabel import choose_thresholds, multilabel_scores
+from imgclf.models.checkpoint import load_checkpoint, task_of
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 200, 40), "blue": (40, 60, 230)}  # a label: a square of its colour
+
+
+def shapes_image(present: list[str], rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """Grey noise with a 9-px square of each present colour, each in its own quadrant (none hides another)."""
+    image = rng.normal(110, 25, (size, size, 3))
+    half = size // 2
+    for name, slot in zip(present, rng.permutation(4), strict=False):
+        y, x = (slot // 2) * half + rng.integers(0, half - 9), (slot % 2) * half + rng.integers(0, half - 9)
+        image[y:y + 9, x:x + 9] = COLOURS[name]
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def shapes_set(root: Path, count: int, columns: bool = False, seed: int = 0) -> Path:
+    """root/I.png and root/labels.csv: each colour present with probability 1/2; every fifth image is test.
+    `columns`: file,red,green,blue,split with 0/1 cells (an image may have none); else file,label,split with
+    `red;blue` cells (at least one label a row)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = [f"file,{','.join(COLOURS)},split" if columns else "file,label,split"]
+    for i in range(count):
+        present = [c for c in COLOURS if rng.random() < 0.5]
+        if not columns and not present:
+            present = [list(COLOURS)[i % 3]]
+        Image.fromarray(shapes_image(present, rng)).save(root / f"{i}.png")
+        split = "test" if i % 5 == 0 else ""
+        cells = [str(int(c in present)) for c in COLOURS] if columns else [";".join(present)]
+        rows.append(",".join([f"{i}.png", *cells, split]))
+    (root / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return root / "labels.csv"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One multi-label run of the tiny net on 120 shape images (a few seconds), shared by the tests below."""
+    base = tmp_path_factory.mktemp("multilabel")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMGCLF_CACHE", str(tmp_path_factory.getbasetemp() / "imgclf-cache"))
+        data = shapes_set(base / "shapes", 120)
+        assert main(["train", "--data", str(data), "--model", "tiny", "--epochs", "5", "--batch-size", "16",
+                     "--device", "cpu", "--quiet", "--out", str(base / "run")]) == 0
+        yield base / "run"
+
+
+# -- data -------------------------------------------------------------------------------------------------------
+
+def test_both_csv_forms_give_multi_hot_labels(tmp_path: Path) -> None:
+    for columns in (False, True):
+        splits = load_splits(str(shapes_set(tmp_path / f"c{columns}", 40, columns=columns)), val_fraction=0.25)
+        assert splits.multilabel and splits.classes == ["blue", "green", "red"]
+        assert splits.train.labels.shape == (24, 3) and splits.train.labels.dtype == np.float32
+        assert (len(splits.val), len(splits.test)) == (8, 8)
+        assert set(np.unique(splits.train.labels)) <= {0.0, 1.0}
+        assert (splits.train.labels.sum(1) == 0).any() == columns  # only the column form can say "none"
+    again = load_splits(str(tmp_path / "cTrue" / "labels.csv"), val_fraction=0.25)  # a cache hit, same carve
+    assert np.array_equal(again.val.labels, splits.val.labels)
+
+
+def test_single_labels_stay_single_label(tmp_path: Path) -> None:
+    path = shapes_set(tmp_path, 20)
+    path.write_text(path.read_text().replace(";", "-"))  # `red-blue` is one class name, not two labels
+    listing = CsvListing(path)
+    assert not listing.multilabel and ("red-green-blue", "3.png") in listing.layout()["train"]
+
+
+def _set_cell(text: str, row: int, column: int, value: str) -> str:
+    """The CSV text with the cell at spreadsheet `row` (the header is 1) and 0-based `column` replaced."""
+    lines = text.splitlines()
+    cells = lines[row - 1].split(",")
+    cells[column] = value
+    lines[row - 1] = ",".join(cells)
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(("row", "column", "value", "message"), [
+    (3, 1, "2", r"row 3: column 'red' must hold 0 or 1, got '2'"),
+    (1, 3, "red", "distinct, non-empty names"),
+    (1, 0, "path", r"missing column\(s\) file, label"),
+])
+def test_bad_column_csvs_are_refused_naming_the_row(tmp_path: Path, row: int, column: int, value: str,
+                                                     message: str) -> None:
+    path = shapes_set(tmp_path, 12, columns=True)
+    path.write_text(_set_cell(path.read_text(), row, column, value))
+    with pytest.raises(UserError, match=message):
+        load_splits(str(path))
+
+
+def test_a_class_column_without_a_one_is_refused(tmp_path: Path) -> None:
+    path = shapes_set(tmp_path, 12, columns=True)
+    lines = path.read_text().splitlines()
+    lines = [lines[0]] + [",".join([*row.split(",")[:3], "0", row.split(",")[4]]) for row in lines[1:]]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match="class column\\(s\\) 'blue' hold no 1"):
+        load_splits(str(path))
+
+
+# -- scores -----------------------------------------------------------------------------------------------------
+
+def test_thresholds_maximise_f1_and_scores_match_sklearn() -> None:
+    from sklearn.metrics import average_precision_score, f1_score
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((200, 4)) < [0.5, 0.2, 0.05, 0.0]).astype(np.float32)  # the last class never present
+    probs = np.clip(0.3 * targets + rng.random((200, 4)) * 0.7, 0, 1)
+    chosen = choose_thresholds(probs, targets)
+    assert chosen[3] == 0.5  # no positive: the default
+    for c in range(3):  # no other cut scores a better F1 on these images
+        best = max(f1_score(targets[:, c], probs[:, c] >= t) for t in np.unique(probs[:, c]))
+        assert f1_score(targets[:, c], probs[:, c] >= chosen[c]) == pytest.approx(best)
+    scores = multilabel_scores(probs, targets, ["a", "b", "c", "d"], chosen)
+    pred = probs >= chosen
+    assert scores["micro_f1"] == pytest.approx(f1_score(targets, pred, average="micro"))
+    assert scores["exact_match"] == pytest.approx((pred == targets.astype(bool)).all(1).mean())
+    assert scores["per_class"]["d"]["ap"] is None
+    assert scores["map"] == pytest.approx(np.mean([average_precision_score(targets[:, c], probs[:, c])
+                                                   for c in range(3)]))
+
+
+# -- training and evaluation ------------------------------------------------------------------------------------
+
+def test_a_multilabel_run_learns_and_keeps_its_thresholds(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["task"] == "multilabel" and metrics["monitor"] == "map"
+    assert metrics["test_map"] >= 0.9 and metrics["test_micro_f1"] >= 0.8, metrics
+    config = (trained / "config.yaml").read_text()
+    assert "task: multilabel" in config and "monitor: map" in config
+    assert "val_map" in (trained / "history.csv").read_text().splitlines()[0]
+    ckpt = load_checkpoint(trained / "checkpoints" / "best.pt")
+    assert task_of(ckpt) == "multilabel"
+    assert ckpt["thresholds"] == [metrics["thresholds"][c] for c in ckpt["classes"]]
+    assert all(0 < t < 1 for t in ckpt["thresholds"])
+
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(trained / "checkpoints" / "best.pt")]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["map"] == pytest.approx(metrics["test_map"], abs=1e-6)
+    assert scored["thresholds"] == metrics["thresholds"]
+    assert set(scored["per_class"]["red"]) == {"ap", "precision", "recall", "f1", "support", "threshold"}
+
+
+def test_the_loss_smooths_targets_towards_one_half() -> None:
+    from imgclf.config import TrainConfig
+    from imgclf.training.losses import criterion_for
+
+    loss = criterion_for(TrainConfig(task="multilabel", label_smoothing=0.2))
+    logits, targets = torch.tensor([[2.0, -1.0]]), torch.tensor([[1.0, 0.0]])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([[0.9, 0.1]]))
+    assert loss(logits, targets).item() == pytest.approx(expected.item())
+
+
+@pytest.mark.parametrize("flags", [["--mixup", "0.2"], ["--class-weights", "auto"], ["--sampler", "balanced"],
+                                   ["--set", "task=multiclass"]])
+def test_what_makes_no_sense_for_multilabel_is_refused(tmp_path: Path, flags: list[str],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    data = shapes_set(tmp_path / "shapes", 20)
+    code = main(["train", "--data", str(data), "--model", "tiny", "--epochs", "1", "--device", "cpu", "--quiet",
+                 "--out", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_map_monitor_is_refused_on_single_label_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers import make_folder
+
+    code = main(["train", "--data", str(make_folder(tmp_path / "imgs", per_class=10)), "--model", "tiny", "--epochs",
+                 "1", "--device", "cpu", "--quiet", "--monitor", "map", "--out", str(tmp_path / "run")])
+    assert code == 2 and "multi-label" in capsys.readouterr().err
