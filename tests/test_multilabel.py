@@ -188,3 +188,84 @@ def test_map_monitor_is_refused_on_single_label_data(tmp_path: Path, capsys: pyt
     code = main(["train", "--data", str(make_folder(tmp_path / "imgs", per_class=10)), "--model", "tiny", "--epochs",
                  "1", "--device", "cpu", "--quiet", "--monitor", "map", "--out", str(tmp_path / "run")])
     assert code == 2 and "multi-label" in capsys.readouterr().err
+
+
+# -- predict, serve, export, report, inspect ---------------------------------------------------------------------
+
+def _expected(trained: Path, image: Path) -> list[str]:
+    """The labels the checkpoint's own logits and thresholds give `image`, most probable first."""
+    from imgclf.inference.predictor import Predictor
+
+    predictor = Predictor.load(checkpoint=str(trained / "checkpoints" / "best.pt"), device="cpu")
+    probs = predictor.probabilities(predictor.preprocess([image]))[0]
+    return [predictor.classes[i] for i in np.argsort(-probs) if probs[i] >= predictor.thresholds[i]]
+
+
+def test_predict_answers_every_label_over_its_threshold(trained: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = str(trained / "checkpoints" / "best.pt")
+    images = sorted(trained.parent.glob("shapes/*.png"))[:4]
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", ckpt, *map(str, images), "--top-k", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    thresholds = dict(zip(load_checkpoint(ckpt)["classes"], load_checkpoint(ckpt)["thresholds"], strict=True))
+    for image, line in zip(images, lines, strict=True):
+        assert [entry["label"] for entry in line["labels"]] == _expected(trained, image)
+        assert all(entry["probability"] >= thresholds[entry["label"]] for entry in line["labels"])
+        assert line["label"] == (line["labels"][0]["label"] if line["labels"] else None) and len(line["top_k"]) == 2
+
+    assert main(["predict", "--checkpoint", ckpt, *map(str, images), "--out", str(tmp_path / "p.csv"), "--quiet"]) == 0
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0] == "file,labels,probabilities,error"
+    assert [row.split(",")[1] for row in rows[1:]] == [";".join(_expected(trained, image)) for image in images]
+
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", ckpt, str(images[0]), "--reject-below", "0.5"]) == 2
+    assert "multi-label" in capsys.readouterr().err
+
+
+def test_onnx_export_and_server_answer_like_the_checkpoint(trained: Path, tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from imgclf.inference.predictor import Predictor
+    from imgclf.inference.server import ServerSettings, create_app
+
+    image = sorted(trained.parent.glob("shapes/*.png"))[1]
+    expected = _expected(trained, image)
+    assert main(["export", "--checkpoint", str(trained / "checkpoints" / "best.pt"), "--out",
+                 str(tmp_path / "m.onnx")]) == 0
+    onnx = Predictor.load(onnx=str(tmp_path / "m.onnx"))
+    assert onnx.multilabel and [e["label"] for e in onnx.predict([image])[0]["labels"]] == expected
+    assert main(["export", "--checkpoint", str(trained / "checkpoints" / "best.pt"), "--out",
+                 str(tmp_path / "m8.onnx"), "--int8"]) == 2
+
+    with TestClient(create_app(onnx, ServerSettings(max_wait_ms=1))) as client:
+        answer = client.post("/predict", files={"file": ("a.png", image.read_bytes(), "image/png")})
+        assert answer.status_code == 200, answer.text
+        assert [e["label"] for e in answer.json()["labels"]] == expected
+        refused = client.post("/predict", params={"reject_below": 0.5},
+                              files={"file": ("a.png", image.read_bytes(), "image/png")})
+        assert refused.status_code == 422 and "multi-label" in refused.text
+        meta = client.get("/metadata").json()
+        assert meta["task"] == "multilabel" and meta["thresholds"] == pytest.approx(onnx.thresholds.tolist())
+
+
+def test_report_shows_thresholds_and_precision_recall(trained: Path) -> None:
+    from imgclf.reporting.report import write_report
+
+    write_report(trained)
+    text = (trained / "report.md").read_text()
+    assert "## Multi-label scores (test split)" in text and "| class | threshold | AP |" in text
+    assert (trained / "figures" / "precision_recall.png").is_file()
+    assert "Where the model errs" not in text  # the single-label sections are left out
+
+
+def test_inspect_counts_each_label(trained: Path, tmp_path: Path) -> None:
+    from imgclf.commands.inspect import inspect_data
+
+    data = str(trained.parent / "shapes" / "labels.csv")
+    result, found = inspect_data(data)
+    assert result["classes"] == ["blue", "green", "red"] and found.multilabel
+    assert sum(result["counts"]["red"].values()) == sum("red" in line for line in open(data).read().splitlines())
+    with pytest.raises(UserError, match="one label an image"):
+        inspect_data(data, checkpoint=str(trained / "checkpoints" / "best.pt"))

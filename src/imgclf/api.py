@@ -125,6 +125,9 @@ class Classifier:
         """Rank the classes for each image: a list of {"label", "probability", "top_k": [{"label",
         "probability"}, ...]}, one per image and in order, even for a single image.
 
+        A multi-label model (trained on a labels CSV with several labels a row) adds "labels": every class whose
+        probability reaches its threshold (chosen on validation), most probable first; "label" is the first.
+
         "I don't know": with `reject_below` P (0 < P < 1), an image whose top probability is under P gets
         label None and a "reason"; `target_accuracy` A instead picks P on the validation curve the model keeps,
         so that the validation images answered were right A of the time. A bad value is a UserError.

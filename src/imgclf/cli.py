@@ -217,7 +217,8 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
      "in the training split, for imbalanced data)"),
     ("--sampler", "sampler", str, "shuffle | balanced (draw each class equally often, with replacement, "
      "for imbalanced data)"),
-    ("--monitor", "monitor", str, "val_acc | macro_f1: what best.pt and --early-stop select on"),
+    ("--monitor", "monitor", str, "val_acc | macro_f1 | map: what best.pt and --early-stop select on (multi-label "
+     "data, a labels CSV with several labels a row: map, mean average precision, in place of val_acc)"),
     ("--mixup", "mixup", number(float, "mixup", 0), "mixup alpha: blend each training batch with itself in "
      "reverse order, targets mixed alike (default: 0, off)"),
     ("--cutmix", "cutmix", number(float, "cutmix", 0), "cutmix alpha: paste a box of the reversed batch, "

@@ -26,7 +26,7 @@ from imgclf.evaluation.inspection import (
     scan,
 )
 from imgclf.inference.predictor import Predictor
-from imgclf.models.checkpoint import checkpoint_config, load_checkpoint
+from imgclf.models.checkpoint import checkpoint_config, load_checkpoint, task_of
 from imgclf.reporting.inspection import write_inspection
 from imgclf.runtime import resolve_device
 
@@ -74,19 +74,26 @@ def inspect_data(data: str, checkpoint: str | None = None, data_dir: str | None 
     """The inspection's results (what inspection.json holds, plus `_`-keys of indexes for the report)."""
     started = time.perf_counter()
     # split as a default run (or the checkpoint's run) splits the data
-    cfg = checkpoint_config(load_checkpoint(checkpoint)) if checkpoint else TrainConfig()
+    ckpt = load_checkpoint(checkpoint) if checkpoint else None
+    if ckpt is not None and task_of(ckpt) == "multilabel":
+        raise UserError("suspected label errors (confident learning) need one label an image; inspect a multi-label "
+                        "set without --checkpoint")
+    cfg = checkpoint_config(ckpt) if ckpt is not None else TrainConfig()
     seed, val_fraction = cfg.seed, cfg.val_fraction
     found = scan(data, data_dir, seed, val_fraction)
     if len(found) == 0:
         raise UserError(f"{data}: none of its {len(found.unreadable)} files is a readable image")
     split_names = sorted(set(found.splits), key=SPLIT_ORDER.index)
-    counts = {c: {s: 0 for s in split_names} for c in found.classes}
+    labels = sorted({n for y in range(len(found.classes)) for n in found.label_names(y)})  # a multi-label set's each
+    counts = {c: {s: 0 for s in split_names} for c in labels}
     for s, y in zip(found.splits, found.labels, strict=True):
-        counts[found.classes[y]][s] += 1
+        for name in found.label_names(y):
+            counts[name][s] += 1
     width, height = found.sizes[:, 0], found.sizes[:, 1]
     shapes = {tuple(s) for s in found.sizes.tolist()}
     result: dict[str, Any] = {
-        "data": data, "images": len(found), "classes": found.classes,
+        "data": data, "images": len(found), "classes": labels,
+        **({"label_sets": found.classes} if found.multilabel else {}),  # what duplicates compare across
         "splits": {s: found.splits.count(s) for s in split_names}, "counts": counts,
         "unreadable": {"count": len(found.unreadable), "files": found.unreadable},
         "sizes": {"distinct": len(shapes), "width": _spread(width), "height": _spread(height),

@@ -30,10 +30,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from imgclf.data import Splits, load_splits
-from imgclf.data.csvlabels import CsvListing
+from imgclf.data.csvlabels import CsvListing, label_names
 from imgclf.data.decode import decode_image, printable_name
 from imgclf.data.imageset import ImageSet, stratified_split
-from imgclf.data.listing import ARCHIVE_SUFFIXES, FolderTree, train_classes
+from imgclf.data.listing import ARCHIVE_SUFFIXES, FolderTree, single_label, train_classes
 from imgclf.data.photos import PhotoSet
 from imgclf.errors import UserError
 
@@ -62,6 +62,11 @@ class Scan:
     codes: np.ndarray  # (N,) uint64 perceptual hashes
     sources: list[Source]
     unreadable: list[str]
+    multilabel: bool = False  # a multi-label CSV: each of `classes` is a set of labels (`a;b`), see label_names
+
+    def label_names(self, label: int) -> list[str]:
+        """The labels class number `label` stands for: itself, or each of a multi-label set's."""
+        return (label_names if self.multilabel else single_label)(self.classes[label])
 
     def __len__(self) -> int:
         return len(self.names)
@@ -124,9 +129,10 @@ def thumbnail_correlation(grey: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.
 # -- reading a dataset ---------------------------------------------------------------------------------------
 
 def _listing(data: str, data_dir: str | None, seed: int, val_fraction: float,
-             ) -> tuple[list[str], list[tuple[str, str, str, Callable[[], Source]]]]:
-    """(classes, [(name, split, class, read)]) in the data layer's order, so a checkpoint's val carve-out
-    can be reproduced; built-in sets come as imgclf would split them (val carved with `seed`)."""
+             ) -> tuple[list[str], list[tuple[str, str, str, Callable[[], Source]]], bool]:
+    """(classes, [(name, split, class, read)], multi-label?) in the data layer's order, so a checkpoint's val
+    carve-out can be reproduced; built-in sets come as imgclf would split them (val carved with `seed`). A
+    multi-label CSV's classes are its label sets (`a;b`): a duplicate across two of them is a label conflict."""
     if data in ("digits", "cifar10"):
         splits = load_splits(data, data_dir=data_dir, val_fraction=val_fraction, seed=seed)
         items = []
@@ -136,7 +142,7 @@ def _listing(data: str, data_dir: str | None, seed: int, val_fraction: float,
                 assert isinstance(part, ImageSet)  # built-in sets are small squares in memory
                 items += [(f"{split}/{i}", split, splits.classes[y], (lambda a=a: a))
                           for i, (a, y) in enumerate(zip(part.images, part.labels, strict=True))]
-        return splits.classes, items
+        return splits.classes, items, False
     path = Path(data).expanduser()
     if not path.exists():
         raise UserError(f"data not found: {data} (expected cifar10, digits, an image folder, an archive or a "
@@ -150,13 +156,13 @@ def _listing(data: str, data_dir: str | None, seed: int, val_fraction: float,
     groups = tree.layout()
     _, classes = train_classes(path, groups)
     return classes, [(printable_name(m), split or "all", c, (lambda m=m: tree.read(m)))
-                     for split, members in groups.items() for c, m in members]
+                     for split, members in groups.items() for c, m in members], getattr(tree, "multilabel", False)
 
 
 def scan(data: str, data_dir: str | None, seed: int, val_fraction: float) -> Scan:
     """Read and hash every image of DATA (see `_listing`: built-in sets split by `seed` and `val_fraction`);
     unreadable files are named, never fatal."""
-    classes, items = _listing(data, data_dir, seed, val_fraction)
+    classes, items, multilabel = _listing(data, data_dir, seed, val_fraction)
     sources = [read() for _, _, _, read in items]
     with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
         looks = list(pool.map(_look, sources, chunksize=64))
@@ -169,7 +175,8 @@ def scan(data: str, data_dir: str | None, seed: int, val_fraction: float) -> Sca
         sizes=np.asarray([looks[i][:2] for i in ok], dtype=np.int64).reshape(-1, 2),
         digests=[looks[i][2] for i in ok],
         grey=grey, codes=perceptual_hashes(grey),
-        sources=[sources[i] for i in ok], unreadable=[items[i][0] for i, look in enumerate(looks) if look is None])
+        sources=[sources[i] for i in ok], unreadable=[items[i][0] for i, look in enumerate(looks) if look is None],
+        multilabel=multilabel)
 
 
 # -- duplicates -------------------------------------------------------------------------------------------

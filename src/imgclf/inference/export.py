@@ -24,7 +24,7 @@ from imgclf.data.photos import Preprocess
 from imgclf.errors import UserError
 from imgclf.fileio import write_bytes
 from imgclf.models import ImageClassifier
-from imgclf.models.checkpoint import calibration_of, load_checkpoint, model_from_checkpoint
+from imgclf.models.checkpoint import calibration_of, load_checkpoint, model_from_checkpoint, task_of
 
 ONNX_FORMAT = "imgclf-onnx-v1"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -102,8 +102,11 @@ def onnx_metadata(ckpt: dict[str, Any], model: ImageClassifier, checkpoint_sha25
         "normalization": json.dumps({"where": "inside the model: (x - mean) / std", "mean": mean, "std": std}),
         "preprocessing": PREPROCESSING,
         "preprocess": json.dumps(Preprocess.from_checkpoint(ckpt).to_dict()),
-        "output": "logits (batch, num_classes); softmax(logits / temperature) gives calibrated probabilities in the "
-                  "order of `classes`",
+        "output": "logits (batch, num_classes); " + (
+            "sigmoid(logits) gives each class's probability in the order of `classes`, a class answered where it "
+            "reaches its entry of `thresholds`" if task_of(ckpt) == "multilabel" else
+            "softmax(logits / temperature) gives calibrated probabilities in the order of `classes`"),
+        "task": task_of(ckpt),  # multiclass | multilabel
         "checkpoint_sha256": checkpoint_sha256,
         # the temperature fitted on validation logits (1.0 when none was) and, where kept, that split's
         # coverage-accuracy curve, from which `--target-accuracy` picks a reject threshold (JSON)
@@ -373,6 +376,9 @@ def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 18, data: 
     out = Path(out)
     built = _verified_fp32(checkpoint, out, opset)
     ckpt, fp32 = built["ckpt"], built["data"]
+    if task_of(ckpt) == "multilabel":
+        raise UserError("--int8 is checked by its top-1 accuracy, which a multi-label model does not have; export "
+                        f"it without --int8 ({out} was not written)")
 
     scored_split, scored, calib_split, calib = _int8_images(ckpt, data, calibration_images)
 

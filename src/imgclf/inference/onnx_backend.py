@@ -76,9 +76,14 @@ def load_onnx(path: str | Path, threads: int | None = None,
                       else Preprocess(input_size, "crop", 1.0))
         # files exported before calibration was kept: plain softmax, no validation curve
         calibration = {"temperature": float(json.loads(props.get("temperature", "1.0"))),
-                       "selective": json.loads(props["selective"]) if "selective" in props else None}
+                       "selective": json.loads(props["selective"]) if "selective" in props else None,
+                       # a multi-label model: sigmoid outputs and each class's threshold (older files: neither)
+                       "task": props.get("task", "multiclass"),
+                       "thresholds": json.loads(props["thresholds"]) if "thresholds" in props else None}
         if not calibration["temperature"] > 0:
             raise ValueError("temperature")
+        if calibration["thresholds"] is not None and len(calibration["thresholds"]) != len(classes):
+            raise ValueError("thresholds")
     except (ValueError, TypeError, KeyError, UserError):
         raise UserError(f"{path}: malformed imgclf metadata in the ONNX file") from None
     input_name = props.get("input_name", INPUT_NAME)

@@ -80,6 +80,11 @@ class Pipeline:
             raise ClientError(422, "explain=true needs a torch checkpoint: this server runs an ONNX model, "
                                    "which has no gradients (serve --checkpoint instead)")
 
+    def check_reject(self, reject_below: float | None) -> None:
+        if reject_below is not None and self.predictor.multilabel:
+            raise ClientError(422, "reject_below is for single-label models: this multi-label model answers every "
+                                   "class over its own threshold (chosen on validation)")
+
     def decode(self, data: bytes) -> torch.Tensor:
         try:
             return self.predictor.preprocess([data])

@@ -17,17 +17,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imgclf.data.csvlabels import LABEL_SEPARATOR
 from imgclf.data.listing import is_archive
 from imgclf.data.photos import Preprocess
 from imgclf.data.sources import warn_unreadable
 from imgclf.errors import UserError
 from imgclf.evaluation.gradcam import GradCAM, overlays_png
+from imgclf.evaluation.multilabel import DEFAULT_THRESHOLD
 from imgclf.evaluation.selective import SelectiveCurve, threshold_for_accuracy
 from imgclf.fileio import atomic_file, write_bytes
 from imgclf.inference.bulk import Listing, Progress, Tally, list_inputs, score_line
 from imgclf.inference.onnx_backend import load_onnx
-from imgclf.mathutil import softmax
-from imgclf.models.checkpoint import calibration_of, load_checkpoint, model_from_checkpoint
+from imgclf.mathutil import sigmoid, softmax
+from imgclf.models.checkpoint import calibration_of, load_checkpoint, model_from_checkpoint, task_of
 from imgclf.runtime import resolve_device
 
 Backend = Callable[[torch.Tensor], np.ndarray]  # float (N, 3, S, S) in [0, 1] -> logits (N, C)
@@ -69,6 +71,10 @@ class Predictor:
         self.temperature = float(metadata.get("temperature") or 1.0)
         self.selective: dict[str, Any] | None = metadata.get("selective")
         self.reject_below: float | None = None  # answer label None (with the reason) under this top probability
+        # A multi-label model (sigmoid outputs) answers every class whose probability reaches its threshold, chosen
+        # on the validation split at the end of training (0.5 each for a model without them).
+        self.multilabel = metadata.get("task") == "multilabel"
+        self.thresholds = np.asarray(metadata.get("thresholds") or [DEFAULT_THRESHOLD] * len(classes), np.float32)
         # With tta: called once, with the cost line `tta_cost` measured on the first batch predicted.
         self.on_tta_cost: Callable[[str], None] | None = None
 
@@ -106,7 +112,7 @@ class Predictor:
         from imgclf.inference.export import sha256_file
 
         metadata = {"model": ckpt["config"]["model"], "source": str(checkpoint), "backend": "torch",
-                    "checkpoint_sha256": sha256_file(checkpoint), **calibration_of(ckpt)}
+                    "checkpoint_sha256": sha256_file(checkpoint), "task": task_of(ckpt), **calibration_of(ckpt)}
         return cls(run, list(ckpt["classes"]), Preprocess.from_checkpoint(ckpt), metadata, model=model)
 
     def preprocess(self, sources: Sequence[bytes | str | Path]) -> torch.Tensor:
@@ -135,8 +141,12 @@ class Predictor:
             report, self.on_tta_cost = self.on_tta_cost, None
             logits, line = self.tta_cost(batch)
             report(line)
-            return softmax(logits, self.temperature).astype(np.float32)
-        return softmax(self.logits(batch), self.temperature).astype(np.float32)
+            return self.calibrated(logits)
+        return self.calibrated(self.logits(batch))
+
+    def calibrated(self, logits: np.ndarray) -> np.ndarray:
+        """float32 probabilities: softmax(logits / temperature), or each class's sigmoid for a multi-label model."""
+        return (sigmoid(logits) if self.multilabel else softmax(logits, self.temperature)).astype(np.float32)
 
     def reject_threshold(self, reject_below: float | None = None, target_accuracy: float | None = None
                          ) -> float | None:
@@ -145,6 +155,9 @@ class Predictor:
         neither. A value outside (0, 1), both at once, or a target the model cannot reach is a UserError."""
         if reject_below is not None and target_accuracy is not None:
             raise UserError("give one of --reject-below or --target-accuracy, not both")
+        if self.multilabel and (reject_below is not None or target_accuracy is not None):
+            raise UserError("a multi-label model answers every class over its own threshold (chosen on validation); "
+                            "--reject-below and --target-accuracy are for single-label models")
         if reject_below is not None and not 0 < reject_below < 1:
             raise UserError(f"--reject-below must be a probability between 0 and 1 (exclusive), got {reject_below}")
         if target_accuracy is None:
@@ -177,20 +190,27 @@ class Predictor:
     def rank(self, probs: np.ndarray, top_k: int = 5, reject_below: float | None = None) -> list[dict[str, Any]]:
         """Top-k labels of each row; k above the number of classes lists them all. A row whose top probability is
         under `reject_below` (default: `self.reject_below`) answers label None with the reason; its probability
-        and top-k still say what the model would have guessed."""
+        and top-k still say what the model would have guessed. A multi-label model's rows also carry `labels`:
+        every class whose probability reaches its threshold, most probable first (label: the first, or None)."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         k = min(top_k, len(self.classes))
         threshold = self.reject_below if reject_below is None else reject_below
         results = []
         for row in probs:
-            order = np.argsort(-row, kind="stable")[:k]
-            top = [{"label": self.classes[i], "probability": round(float(row[i]), 6)} for i in order]
+            order = np.argsort(-row, kind="stable")
+            top = self._ranked(row, order[:k])
             result: dict[str, Any] = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
-            if threshold is not None and row[order[0]] < threshold:
+            if self.multilabel:  # every class over its threshold, most probable first; label: the first, or None
+                labels = self._ranked(row, [i for i in order if row[i] >= self.thresholds[i]])
+                result.update(label=labels[0]["label"] if labels else None, labels=labels)
+            elif threshold is not None and row[order[0]] < threshold:
                 result.update(label=None, reason=f"top probability {row[order[0]]:.3f} < {threshold:.3f}")
             results.append(result)
         return results
+
+    def _ranked(self, row: np.ndarray, index: Iterable[int]) -> list[dict[str, Any]]:
+        return [{"label": self.classes[i], "probability": round(float(row[i]), 6)} for i in index]
 
     def predict(self, sources: Sequence[bytes | str | Path], top_k: int = 5,
                 reject_below: float | None = None) -> list[dict[str, Any]]:
@@ -261,8 +281,9 @@ def predict_command(images: Sequence[str], checkpoint: str | None = None, onnx: 
     Without `csv_out`: one JSON line per readable image on `out`, in order, and one line per bad file on `err`;
     exit code 0, or 2 when any file was bad (the other results are still printed). With `csv_out`: one CSV
     row per image, an unreadable one with its error in the row (exit code 0), written as results come to a
-    temp file renamed into place at the end, with progress on `err` and a JSON summary on `out`. Where
-    folders name the model's classes, results carry the true label and the summary the accuracy. With
+    temp file renamed into place at the end, with progress on `err` and a JSON summary on `out`. A multi-label
+    model's answers carry `labels`, every class over its threshold (the CSV: one column of them). Where
+    folders name a single-label model's classes, results carry the true label and the summary the accuracy. With
     `explain` (a folder) each JSON line also names the Grad-CAM overlay written there. With `tta` each image's
     logits are averaged over its mirrored and shifted views, and what that costs is printed once on `err`.
     With `reject_below` (or the threshold `target_accuracy` picks on the validation curve, said once on `err`)
@@ -282,6 +303,8 @@ def predict_command(images: Sequence[str], checkpoint: str | None = None, onnx: 
     if tta:
         predictor.on_tta_cost = lambda line: print(line, file=err, flush=True)
     listing = list_inputs(images, predictor.classes, err)
+    if predictor.multilabel:  # a <class>/<image> folder says one label an image: no truth for several
+        listing.labels.clear()
     if explain and any(is_archive(path) for _, path, _ in listing.inputs):
         raise UserError("--explain takes image files and folders, not archives (extract it first)")
     explain_one = explainer(predictor, explain) if explain else None
@@ -289,15 +312,16 @@ def predict_command(images: Sequence[str], checkpoint: str | None = None, onnx: 
     progress = Progress(listing.total, err, enabled=bool(csv_out) and not quiet)
     results = predictor.predict_each(listing.sources(), top_k=top_k, batch_size=batch_size)
     if csv_out:
-        _write_csv(csv_out, results, listing, tally, progress, min(top_k, len(predictor.classes)))
+        _write_csv(csv_out, results, listing, tally, progress, min(top_k, len(predictor.classes)),
+                   predictor.multilabel)
     else:
         for name, result in results:
             tally.add(name, result, listing.labels.get(name))
             if isinstance(result, str):
                 print(f"imgclf: error: {result}", file=err, flush=True)
                 continue
-            if explain_one is not None:
-                result["explanation"] = explain_one(name, result["label"])
+            if explain_one is not None:  # the top class (also when the answer is none)
+                result["explanation"] = explain_one(name, result["top_k"][0]["label"])
             truth = {"true_label": listing.labels[name]} if name in listing.labels else {}
             print(json.dumps({"file": name, **result, **truth}), file=out, flush=True)
     progress.close()
@@ -312,11 +336,14 @@ def predict_command(images: Sequence[str], checkpoint: str | None = None, onnx: 
 
 
 def _write_csv(path: str, results: Iterable[tuple[str, dict[str, Any] | str]], listing: Listing, tally: Tally,
-               progress: Progress, k: int) -> None:
+               progress: Progress, k: int, multilabel: bool = False) -> None:
     """One row a result, as it comes (imgclf.fileio: a temp file renamed over `path` once all are written):
-    file, label_1, probability_1, ... label_k, probability_k[, true_label, correct], error."""
+    file, label_1, probability_1, ... label_k, probability_k[, true_label, correct], error; for a multi-label
+    model file, labels, probabilities, error, the labels over their thresholds joined by `;` (as a multi-label
+    labels CSV writes them) and their probabilities in the same order."""
     labelled = bool(listing.labels)
-    header = ["file", *[f"{w}_{i}" for i in range(1, k + 1) for w in ("label", "probability")]]
+    header = (["file", "labels", "probabilities"] if multilabel
+              else ["file", *[f"{w}_{i}" for i in range(1, k + 1) for w in ("label", "probability")]])
     header += ["true_label", "correct"] if labelled else []
     header += ["reason"] if tally.reject_below is not None else []  # why label_1 was not the answer (rejected)
     with atomic_file(path, "w", newline="", encoding="utf-8") as f:
@@ -329,7 +356,11 @@ def _write_csv(path: str, results: Iterable[tuple[str, dict[str, Any] | str]], l
             if isinstance(result, str):
                 writer.writerow([name, *[""] * (len(header) - 1), result])
                 continue
-            row = [name, *[v for t in result["top_k"] for v in (t["label"], t["probability"])]]
+            if multilabel:
+                row = [name, *(LABEL_SEPARATOR.join(str(t[key]) for t in result["labels"])
+                               for key in ("label", "probability"))]
+            else:
+                row = [name, *[v for t in result["top_k"] for v in (t["label"], t["probability"])]]
             if labelled:
                 row += [truth or "", "" if truth is None else int(truth == result["top_k"][0]["label"])]
             row += [result.get("reason", "")] if tally.reject_below is not None else []

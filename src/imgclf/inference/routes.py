@@ -89,6 +89,7 @@ def add_prediction_routes(app: FastAPI, pipeline: Pipeline, settings: ServerSett
     async def predict(file: Annotated[UploadFile, File(description="one image (PNG, JPEG, ...)")],
                       top_k: TopK = 5, explain: Explain = False, reject_below: RejectBelow = None) -> dict[str, Any]:
         pipeline.check_explain(explain)
+        pipeline.check_reject(reject_below)
         [pixels] = await check_uploads([(file, "file")], settings)
         x = await pipeline.read_and_decode(file, "file", pixels)
         return await pipeline.batcher.submit((x, top_k, explain, reject_below))
@@ -99,6 +100,7 @@ def add_prediction_routes(app: FastAPI, pipeline: Pipeline, settings: ServerSett
                             top_k: TopK = 5, explain: Explain = False,
                             reject_below: RejectBelow = None) -> list[dict[str, Any]]:
         pipeline.check_explain(explain)
+        pipeline.check_reject(reject_below)
         check_file_count(len(files), settings)
         labelled = [(f, f"files[{i}] ({f.filename or 'unnamed'})") for i, f in enumerate(files)]
         pixels = await check_uploads(labelled, settings)
@@ -128,6 +130,8 @@ def add_info_routes(app: FastAPI, pipeline: Pipeline, settings: ServerSettings, 
                 "input": "RGB, resized (short side) and center-cropped to input_size; normalized in the model",
                 "checkpoint_sha256": meta.get("checkpoint_sha256"), "onnx_sha256": meta.get("onnx_sha256"),
                 "tta": predictor.tta, "temperature": predictor.temperature,
+                "task": "multilabel" if predictor.multilabel else "multiclass",
+                "thresholds": predictor.thresholds.tolist() if predictor.multilabel else None,
                 "reject_below": predictor.reject_below, "target_accuracy": settings.target_accuracy, "limits": limits,
                 "batching": {**batcher.stats.as_dict(), "queued": batcher.queued}}
 

@@ -18,6 +18,9 @@ class Prediction(BaseModel):
                               "reject threshold (the model does not know)")
     probability: float = Field(description="the top class's probability (temperature-calibrated)")
     top_k: list[Ranked]
+    labels: list[Ranked] | None = Field(None, description="a multi-label model only: every class whose probability "
+                                        "reaches its threshold, most probable first (label is the first; null when "
+                                        "none does)")
     reason: str | None = Field(None, description="with label null: why, e.g. top probability 0.412 < 0.600")
     explanation: str | None = Field(None, description="with explain=true: a Grad-CAM overlay of the image as "
                                     "the model saw it (base64 PNG), showing where it found the predicted class")

@@ -210,6 +210,36 @@ def per_class_scores(classes: Sequence[str], precision: Sequence[float], recall:
 
 
 @styled
+def precision_recall_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float | None]],
+                            points: Mapping[str, tuple[float, float]], split: str) -> Figure:
+    """Multi-label: each class's precision against recall as its threshold sweeps (`curves`: class -> (recall,
+    precision, AP)), the operating point its chosen threshold gives marked (`points`: class -> (recall,
+    precision)); a small panel a class, so many classes stay readable."""
+    names = list(curves)
+    cols = min(4, max(1, len(names)))
+    rows = math.ceil(len(names) / cols)
+    fig = new_figure(figsize=(2.6 * cols + 0.6, 2.5 * rows + 0.6))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        recall, precision, ap = curves[name]
+        ax.step(recall, precision, where="post", color=TRAIN)
+        if name in points:
+            ax.plot(*points[name], "o", color=VAL, ms=6)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.04)
+        ax.set_title(f"{name} (AP {ap:.2f})" if ap is not None else f"{name} (no positive)", fontsize=10)
+        ax.tick_params(labelsize=8)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    fig.supxlabel("recall")
+    fig.supylabel("precision")
+    fig.suptitle(f"Precision-recall per class ({split} split); the dot is the chosen threshold", fontsize=11,
+                 x=0.02, ha="left", fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
+@styled
 def top_losses(images: Sequence[np.ndarray], titles: Sequence[tuple[str, str, float, float]],
                cols: int = 6, title: str = "Highest-loss test images") -> Figure:
     """A grid of images, each titled 'true / predicted (confidence)'; wrong predictions in red.

@@ -107,7 +107,8 @@ def write_inspection(result: dict[str, Any], scan: Scan, out: str | Path) -> Pat
     name = Path(result["data"]).name or result["data"]
     splits = list(result["splits"])
     doc = Document(f"Dataset inspection: {name}", out,
-                   f"{result['images']:,} readable images · {len(scan.classes)} classes · "
+                   f"{result['images']:,} readable images · {len(result['classes'])} classes · "
+                   + (f"{len(scan.classes)} label sets (multi-label) · " if scan.multilabel else "") +
                    f"splits: {', '.join(splits)} · {result['seconds']:.1f} s")
     dup = result["duplicates"]
     exact, near = dup["exact"], dup["near"]

@@ -19,8 +19,9 @@ from imgclf.defaults import REPORT_TARGET_ACCURACIES
 from imgclf.evaluation import calibration as cal
 from imgclf.evaluation import selective as sel
 from imgclf.evaluation.diagnosis import Diagnosis, diagnose
+from imgclf.evaluation.multilabel import DEFAULT_THRESHOLD, multilabel_scores, positives
 from imgclf.evaluation.scores import class_scores, confused_pairs, per_sample_loss
-from imgclf.mathutil import softmax
+from imgclf.mathutil import sigmoid, softmax
 from imgclf.reporting import figures as figs
 from imgclf.reporting.document import Document
 from imgclf.reporting.rundir import RunArtifacts, load_run, split_images
@@ -57,6 +58,9 @@ def write_report(run_dir: str | Path, top_k: int = 18) -> Path:
     doc = Document(f"Training report: {run.run_dir.resolve().name}", run.run_dir, " · ".join(subtitle))
 
     cards = [("test accuracy", _pct(m.get("test_accuracy"))), ("val accuracy", _pct(m.get("val_accuracy")))]
+    if m.get("task") == "multilabel":  # accuracy is the exact-match ratio there: the strictest of its scores
+        cards = [(f"{split} mAP", f"{m[f'{split}_map']:.3f}") for split in ("test", "val") if m.get(f"{split}_map")]
+        cards.append(("test exact match", _pct(m.get("test_accuracy"))))
     if m.get("best_epoch"):
         cards.append(("best epoch", f"{m['best_epoch']} of {m.get('epochs_run', len(run.history))}"))
     if m.get("train_seconds") is not None:
@@ -72,11 +76,14 @@ def write_report(run_dir: str | Path, top_k: int = 18) -> Path:
     if split is not None:
         logits, labels = run.predictions[split]
         classes = _class_names(run.classes, logits.shape[1])
-        _errors_section(doc, logits, labels, classes, split)
-        _top_losses_section(doc, run, logits, labels, classes, split, top_k)
-        _gradcam_section(doc, run, logits, labels, classes, split)
-        _calibration_section(doc, run, logits, labels, split)
-        _reject_section(doc, run, logits, labels, split)
+        if labels.ndim == 2:  # multi-label: its scores, thresholds and precision-recall curves instead
+            _multilabel_section(doc, run, logits, labels, classes, split)
+        else:
+            _errors_section(doc, logits, labels, classes, split)
+            _top_losses_section(doc, run, logits, labels, classes, split, top_k)
+            _gradcam_section(doc, run, logits, labels, classes, split)
+            _calibration_section(doc, run, logits, labels, split)
+            _reject_section(doc, run, logits, labels, split)
     skipped = m.get("skipped_files") or {}
     if skipped.get("count"):
         doc.heading("Files left out")
@@ -188,6 +195,36 @@ def _errors_section(doc: Document, logits: np.ndarray, labels: np.ndarray, class
                   numeric={2, 3})
         if symmetric:
             doc.paragraph(symmetric)
+
+
+def _multilabel_section(doc: Document, run: RunArtifacts, logits: np.ndarray, labels: np.ndarray,
+                        classes: list[str], split: str) -> None:
+    """A multi-label run: mAP and F1 at each class's threshold (chosen on validation; metrics.json keeps them), the
+    threshold table and each class's precision-recall curve with the point its threshold picks."""
+    from sklearn.metrics import precision_recall_curve
+
+    probs, y = sigmoid(logits), positives(labels)
+    kept = run.metrics.get("thresholds") or {}
+    thresholds = np.asarray([kept.get(c, DEFAULT_THRESHOLD) for c in classes], dtype=np.float64)
+    found = multilabel_scores(probs, labels, classes, thresholds)
+    doc.heading(f"Multi-label scores ({split} split)")
+    doc.paragraph(
+        f"On the {len(labels):,} {split} images ({y.sum(1).mean():.2f} labels an image): mAP "
+        f"{found['map'] or 0:.3f}, micro-F1 {found['micro_f1']:.3f}, macro-F1 {found['macro_f1'] or 0:.3f}, and "
+        f"{_pct(found['exact_match'])} of the images get exactly their labels. A class is answered where its "
+        "probability reaches its threshold, chosen on the validation split to give that class its best F1"
+        + ("." if kept else "; this run kept none, so every class uses 0.5."))
+    rows = [[c, f"{s['threshold']:.3f}", "n/a" if s["ap"] is None else f"{s['ap']:.3f}", f"{s['precision']:.3f}",
+             f"{s['recall']:.3f}", f"{s['f1']:.3f}", s["support"]] for c, s in found["per_class"].items()]
+    doc.table(["class", "threshold", "AP", "precision", "recall", "F1", "images"], rows, numeric={1, 2, 3, 4, 5, 6})
+    curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]] = {}
+    for i, c in enumerate(classes):
+        precision, recall, _ = precision_recall_curve(y[:, i], probs[:, i]) if y[:, i].any() else ([], [], [])
+        curves[c] = (np.asarray(recall), np.asarray(precision), found["per_class"][c]["ap"])
+    points = {c: (s["recall"], s["precision"]) for c, s in found["per_class"].items()}
+    doc.figure("precision_recall", figs.precision_recall_curves(curves, points, split),
+               "Each class's precision against its recall as its threshold sweeps from 1 down to 0; the dot is the "
+               "threshold chosen on validation. Area under the curve is the class's average precision (AP).")
 
 
 def _symmetric_note(pairs: list[tuple[int, int, int, float]], confusion: np.ndarray, classes: list[str]) -> str:

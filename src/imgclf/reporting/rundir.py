@@ -46,11 +46,16 @@ def _read_json(path: Path, missing: list[str], why: str) -> Any:
 
 
 def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(logits, labels): class indices, or for a multi-label run float multi-hot rows of the logits' shape."""
     try:
         with np.load(path) as data:
-            logits, labels = np.asarray(data["logits"], dtype=np.float32), np.asarray(data["labels"]).astype(np.int64)
+            logits, labels = np.asarray(data["logits"], dtype=np.float32), np.asarray(data["labels"])
     except (OSError, KeyError, ValueError):
         return None
+    if labels.ndim == 2:  # multi-label
+        fits = logits.shape == labels.shape and len(labels) > 0 and ((labels >= 0) & (labels <= 1)).all()
+        return (logits, labels.astype(np.float32)) if fits else None
+    labels = labels.astype(np.int64)
     if logits.ndim != 2 or labels.ndim != 1 or len(logits) != len(labels) or len(labels) == 0:
         return None
     if labels.min() < 0 or labels.max() >= logits.shape[1]:
