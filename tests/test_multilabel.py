@@ -269,3 +269,21 @@ def test_inspect_counts_each_label(trained: Path, tmp_path: Path) -> None:
     assert sum(result["counts"]["red"].values()) == sum("red" in line for line in open(data).read().splitlines())
     with pytest.raises(UserError, match="one label an image"):
         inspect_data(data, checkpoint=str(trained / "checkpoints" / "best.pt"))
+
+
+@pytest.mark.slow
+def test_flowers5_composites_fine_tune(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Real photos (1-2 min): 160 training and 50 test composites of two flowers5 photos, Lite0 fine-tuned for two
+    epochs (epochs, not seconds: a loaded machine must not move the bound)."""
+    from helpers import benchmark_json
+
+    archive = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "flowers5.tar.xz"
+    if not archive.is_file():
+        pytest.skip(f"real data not present: {archive} (shared datasets folder absent)")
+    result = benchmark_json(monkeypatch, capsys, "multilabel_flowers", "--train", "160", "--test", "50", "--epochs",
+                            "2", "--variants", "finetune")
+    tuned = result["variants"]["finetune"]
+    assert tuned["test_map"] >= 0.75 and tuned["test_micro_f1"] >= 0.6, tuned
+    assert set(tuned["thresholds"]) == set(result["data"]["classes"])
+    answer = tuned["predict_example"]
+    assert all(t["probability"] >= tuned["thresholds"][t["label"]] for t in answer["labels"]), answer
