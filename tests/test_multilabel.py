@@ -182,6 +182,14 @@ def test_what_makes_no_sense_for_multilabel_is_refused(tmp_path: Path, flags: li
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_tensorboard_logs_a_multilabel_run(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    data = shapes_set(tmp_path / "shapes", 30)
+    assert main(["train", "--data", str(data), "--model", "tiny", "--epochs", "1", "--device", "cpu", "--quiet",
+                 "--logger", "tensorboard", "--out", str(tmp_path / "run")]) == 0  # no confusion matrix to draw
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
 def test_map_monitor_is_refused_on_single_label_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from helpers import make_folder
 

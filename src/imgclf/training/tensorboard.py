@@ -29,7 +29,8 @@ NOT_LOGGED = {"epoch", "seconds"}  # history columns that are the axis or a runn
 
 class TensorBoardLogger(Callback):
     """train/loss and train/lr every step; epoch/<history column> and epoch/images_per_second every epoch;
-    at the end val/confusion_matrix of the final weights. Rank 0 only (run.py adds it there)."""
+    at the end val/confusion_matrix of the final weights (not for a multi-label run). Rank 0 only (run.py adds it
+    there)."""
 
     order = LOGS
 
@@ -69,6 +70,9 @@ class TensorBoardLogger(Callback):
         self.writer.flush()
 
     def on_fit_end(self, trainer: Trainer) -> None:
+        if trainer.config.task == "multilabel":  # several labels an image: no confusion matrix to draw
+            self.writer.close()
+            return
         logits, labels = predict_logits(trainer.model, trainer.val_loader, amp_dtype=trainer.amp_dtype)
         counts = confusion(labels.numpy(), logits.argmax(1).numpy(), len(trainer.classes))
         fig = figures.confusion_matrix(counts, trainer.classes)
