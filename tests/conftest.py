@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import make_folder, real_images, tiny_checkpoint
+
+# Every run in the suite at torch's own thread count, as OMP_NUM_THREADS fixes it, rather than the count the plan
+# measures (1 when other work keeps the cores busy): two runs a test compares bit for bit must not differ because
+# the machine was busier during one. tests/test_threads.py unsets it to test the measurement.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)

@@ -128,6 +128,7 @@ _TRAIN_BAD: dict[str, tuple[list[str], str]] = {
     "--early-stop": (["--early-stop", "0"], "early_stop must be at least 1"),
     "--loader": (["--loader", "disk"], "loader must be one of"),
     "--num-workers": (["--num-workers", "-1"], "num_workers must be at least 0"),
+    "--threads": (["--threads", "0"], "threads must be at least 1"),
     "--crop-pad": (["--crop-pad", "1.5"], "crop_pad must be an integer"),
     "--cutout": (["--cutout", "-2"], "cutout must be at least 0"),
     "--low-res": (["--low-res", "1"], "low_res must be below 1"),

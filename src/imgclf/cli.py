@@ -208,6 +208,8 @@ _TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
      "stop after N epochs without a gain in the --monitor value (default: off)"),
     ("--loader", "loader", str, "memory | stream | auto (stream a folder too big for a quarter of RAM)"),
     ("--num-workers", "num_workers", number(int, "num_workers", 0), "worker processes of the streaming loader"),
+    ("--threads", "threads", number(int, "threads", 1), "torch CPU threads (default: OMP_NUM_THREADS, else all "
+     "cores, or 1 when measured much faster because other work keeps the cores busy)"),
     ("--crop-pad", "crop_pad", number(int, "crop_pad", 0), "small images: random-translate padding in pixels "
      "(0: off)"),
     ("--cutout", "cutout", number(int, "cutout", 0), "small images: cutout square side in pixels (0: off)"),

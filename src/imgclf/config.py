@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -42,6 +43,7 @@ from imgclf.defaults import (
     SPEED_PRESET_MODELS,
     SPEED_PRESETS,
     STAGED_UNFREEZE_GROUPS,
+    THREADS_BUSY_RATIO,
 )
 from imgclf.errors import UserError
 from imgclf.fileio import write_text
@@ -109,6 +111,7 @@ class TrainConfig:
     early_stop_min_delta: float = 0.0
     loader: str = "auto"  # memory | stream | auto (memory unless the decoded images would take over 1/4 of RAM)
     num_workers: int = NUM_WORKERS
+    threads: int | None = None  # torch CPU threads; None: all cores unless the plan measures one much faster
     sync_bn: bool = False
     tta: bool = False  # test-time augmentation (mirror, 1-px shifts) for the final evaluation
     speedrun: str | None = None  # fast | long: train with the CIFAR speed-run engine (--recipe speedrun)
@@ -218,7 +221,7 @@ LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "image_size": _at_least(8), "crop_fraction": _FRACTION, "min_crop_scale": _FRACTION,
     "val_fraction": ((lambda v: 0 < v < 1), "in (0, 1)"), "subset": _at_least(1), "train_fraction": _FRACTION,
     "seed": _at_least(0), "grad_clip": _POSITIVE, "time_budget": _POSITIVE, "early_stop_patience": _at_least(1),
-    "early_stop_min_delta": _at_least(0), "num_workers": _at_least(0),
+    "early_stop_min_delta": _at_least(0), "num_workers": _at_least(0), "threads": _at_least(1),
     "mixup": _at_least(0), "cutmix": _at_least(0), "mix_switch": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
     "ema": _PROBABILITY, "accumulate": _at_least(1),
 }
@@ -419,6 +422,7 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
     from imgclf.models.registry import weights_record
     from imgclf.runtime import cpu_has_bf16
 
+    cfg = _threads(cfg, device)
     if cfg.speedrun:
         return _speed_plan(cfg, splits, device)
     cfg = _task_plan(cfg, splits)
@@ -488,6 +492,20 @@ def _task_plan(cfg: TrainConfig, splits: Splits) -> TrainConfig:
         raise UserError("--class-weights and --sampler balanced rebalance one label an image; a multi-label run "
                         "chooses a threshold per class on validation instead: drop them")
     return cfg.replace(task=task, monitor="map" if cfg.monitor == "val_acc" else cfg.monitor)
+
+
+def _threads(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """--threads, or on a CPU the count `runtime.fastest_thread_count` measures (recorded in extra["threads"]
+    when it is fewer than the cores), unless OMP_NUM_THREADS says how many (then torch's own count stands). A
+    resumed run keeps its own: the same count gives the same bits."""
+    if cfg.threads is not None or device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        return cfg
+    from imgclf.runtime import fastest_thread_count
+
+    threads, ms = fastest_thread_count(THREADS_BUSY_RATIO)
+    if threads < max(ms, default=threads):
+        return cfg.replace(threads=threads, extra={**cfg.extra, "threads": {"ms_by_threads": ms}})
+    return cfg.replace(threads=threads)
 
 
 def _speed_plan(cfg: TrainConfig, splits: Splits, device: torch.device) -> TrainConfig:

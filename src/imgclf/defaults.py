@@ -43,6 +43,12 @@ STAGED_UNFREEZE_GROUPS = 2  # staged fine-tuning without a time budget: the two 
 PHOTO_INPUT_SIZE = 64  # photos from scratch when no --image-size is given: small nets train fast at 64 px
 PHOTO_CROP_FRACTION = 0.875  # the standard ImageNet evaluation crop of the short side: 224 out of 256
 
+# -- the machine -------------------------------------------------------------------------------------------------
+# --threads unset on a CPU: one thread when it measures this many times faster than all cores, which happens only
+# when other work keeps the cores busy (2-core Xeon, load 1-3: 3x to 30x on a conv forward and backward); idle,
+# all cores are faster (about 0.6x the time of one), so runs on a free machine stay bit-for-bit repeatable.
+THREADS_BUSY_RATIO = 1.5
+
 # -- loaders -----------------------------------------------------------------------------------------------------
 NUM_WORKERS = 2  # photo decoding threads/processes beside the training step (2 cores)
 EVAL_BATCH_SIZE = 256  # on a GPU; a CPU evaluates as many images as hold the pixels of 256 at 32x32

@@ -37,7 +37,7 @@ from imgclf.training.trainer import Trainer
 
 UNBOUNDED_EPOCHS = 1_000_000  # a time-budgeted run without --epochs stops on time alone
 # what --resume may change: where and how long it runs, never what it learns
-RESUME_OVERRIDABLE = {"epochs", "time_budget", "quiet", "device", "num_workers", "data", "data_dir", "out",
+RESUME_OVERRIDABLE = {"epochs", "time_budget", "quiet", "device", "num_workers", "threads", "data", "data_dir", "out",
                       "logger", "checkpoint_every"}
 
 
@@ -129,6 +129,8 @@ def train(cfg: TrainConfig, resume: str | None = None, overrides: dict[str, Any]
     seed_everything(cfg.seed)
     splits = checked_data(cfg, splits, ckpt, dist.is_main)
     cfg = planned(cfg, splits, device, fresh=ckpt is None, announce=dist.is_main and not cfg.quiet)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
 
     started = time.perf_counter()
     if cfg.speedrun:  # whole epochs on the device: no per-batch loop, no callbacks
@@ -221,6 +223,10 @@ def planned(cfg: TrainConfig, splits: Splits, device: torch.device, fresh: bool,
     its net by it); a resumed config is already resolved and comes back unchanged."""
     cfg = resolve(cfg, splits, device,
                   measure=lambda c: training_rate(c, splits.train, len(splits.classes), device))
+    if "threads" in cfg.extra and announce:
+        print(f"imgclf: this CPU is busy with other work: training with {cfg.threads} thread(s), measured faster "
+              f"here than all cores (ms by threads: {cfg.extra['threads']['ms_by_threads']}; --threads N to "
+              "choose)", file=sys.stderr)
     if "sizing" in cfg.extra and fresh:
         seed_everything(cfg.seed)  # the probes drew random numbers: the run starts as an explicit --width would
         if announce:
@@ -305,6 +311,8 @@ def training_rate(cfg: TrainConfig, data: Any, num_classes: int, device: torch.d
     RATE_PROBE_STEPS timed steps after one untimed, on a throwaway model. The median, not the sum, so one step
     stalled by another process does not decide the width. A machine busy throughout still measures slow (on 2
     cores shared with two test runs, width 1.0 measured 123 img/s where it trains at about 2,700 alone)."""
+    if cfg.threads:  # the count the run will train with (the plan decided it just before)
+        torch.set_num_threads(cfg.threads)
     model = model_for(cfg, num_classes, device).train()
     optimizer = build_optimizer(decay_split(model.parameters(), cfg.lr, cfg.weight_decay), cfg)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
