@@ -122,3 +122,15 @@ def benchmark_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtur
     spec.loader.exec_module(module)
     module.main(list(args))
     return json.loads(capsys.readouterr().out)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """main() in this process (parse errors and --help exit through SystemExit): (code, stdout, stderr)."""
+    from imgclf.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import imgclf, make_folder
-from imgclf.cli import EPILOG, HelpFormatter, build_parser, config_from_args, main
+from helpers import imgclf, make_folder, run_cli
+from imgclf.cli import EPILOG, HelpFormatter, build_parser, config_from_args
 from imgclf.training.callbacks import AnnounceRunDir, ProgressBar
 
 
@@ -27,16 +27,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.
                     "--out", str(run), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     return run, result
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """main() in this process (parse errors and --help exit through SystemExit): (code, stdout, stderr)."""
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 FILE_OPTIONS = {"--checkpoint", "--onnx", "--resume", "--weights", "--config", "--variants"}

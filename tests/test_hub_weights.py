@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from imgclf.cli import main
+from helpers import run_cli
 
 ARCH = "test_efficientnet"  # timm's own 0.1M-parameter test network; its config names timm/test_efficientnet.r160_in1k
 NAME = f"{ARCH}.r160_in1k"
@@ -105,15 +105,6 @@ def safetensors_bytes(state: dict[str, torch.Tensor]) -> bytes:
     return save(state)
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A cache of this test's own (the session's shared one must not see these weights)."""
@@ -151,7 +142,7 @@ def test_fetch_then_a_run_with_the_network_blocked_uses_the_cache(
         cache: Path, hub: FakeHub, hub_state: dict[str, torch.Tensor], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     served = hub.files[f"{REPO}/model.safetensors"]
-    code, out, err = run(["weights", "fetch", f"timm:{ARCH}", "--hub-url", hub.url], capsys)
+    code, out, err = run_cli(["weights", "fetch", f"timm:{ARCH}", "--hub-url", hub.url], capsys)
     assert code == 0, err
     record = json.loads(out)
     entry = cache / "weights" / "timm" / NAME
@@ -167,11 +158,11 @@ def test_fetch_then_a_run_with_the_network_blocked_uses_the_cache(
 
     hub.close()
     tries = block_network(monkeypatch)
-    code, out, err = run(["weights", "fetch", f"timm:{ARCH}"], capsys)  # cached: answered without a network
+    code, out, err = run_cli(["weights", "fetch", f"timm:{ARCH}"], capsys)  # cached: answered without a network
     assert code == 0 and "already cached" in err and json.loads(out)["sha256"] == record["sha256"], err
-    code, out, _ = run(["weights", "list"], capsys)
+    code, out, _ = run_cli(["weights", "list"], capsys)
     assert code == 0 and f"timm:{NAME}" in out and record["sha256"][:16] in out and COMMIT[:12] in out
-    code, out, _ = run(["models"], capsys)
+    code, out, _ = run_cli(["models"], capsys)
     assert code == 0 and f"--model timm:{NAME} --pretrained" in out
 
     from imgclf.models import build_model
@@ -181,7 +172,7 @@ def test_fetch_then_a_run_with_the_network_blocked_uses_the_cache(
         assert torch.equal(value, hub_state[key]) or key.endswith("num_batches_tracked"), key
 
     out_dir = tmp_path / "run"
-    code, out, err = run(["train", "--data", "digits", "--model", f"timm:{ARCH}", "--pretrained", "--strategy",
+    code, out, err = run_cli(["train", "--data", "digits", "--model", f"timm:{ARCH}", "--pretrained", "--strategy",
                           "linear_probe", "--epochs", "1", "--subset", "200", "--image-size", "32", "--batch-size",
                           "32", "--device", "cpu", "--out", str(out_dir), "--quiet"], capsys)
     assert code == 0, err
@@ -198,13 +189,13 @@ def test_fetch_then_a_run_with_the_network_blocked_uses_the_cache(
 def test_not_cached_and_offline_is_one_line_naming_the_fetch(
         cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     tries = block_network(monkeypatch)
-    code, _, err = run(["train", "--data", "digits", "--model", f"timm:{ARCH}", "--pretrained", "--epochs", "1",
+    code, _, err = run_cli(["train", "--data", "digits", "--model", f"timm:{ARCH}", "--pretrained", "--epochs", "1",
                         "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert f"no cached weights for timm:{ARCH}; run `{FETCH}` where there is a network, or pass --weights FILE" in err
     assert tries == [] and not (tmp_path / "run" / "checkpoints").exists()
 
-    code, _, err = run(["weights", "fetch", f"timm:{ARCH}", "--hub-url", "http://127.0.0.1:9"], capsys)
+    code, _, err = run_cli(["weights", "fetch", f"timm:{ARCH}", "--hub-url", "http://127.0.0.1:9"], capsys)
     assert code == 2 and err.count("\n") == 1 and "where there is a network" in err and tries, err
     assert not (cache / "weights" / "timm" / NAME).exists()
 
@@ -214,7 +205,7 @@ def test_pickle_file_when_the_hub_has_no_safetensors(
     torch.save(hub_state, tmp_path / "pytorch_model.bin")
     fake = FakeHub({f"{REPO}/pytorch_model.bin": (tmp_path / "pytorch_model.bin").read_bytes()})
     try:
-        code, out, err = run(["weights", "fetch", f"timm:{ARCH}", "--hub-url", fake.url], capsys)
+        code, out, err = run_cli(["weights", "fetch", f"timm:{ARCH}", "--hub-url", fake.url], capsys)
     finally:
         fake.close()
     assert code == 0, err
@@ -231,7 +222,7 @@ def test_a_file_that_does_not_check_out_is_refused_and_nothing_cached(
     try:
         for fake, message in ((wrong, f"model.safetensors) does not match timm's {ARCH} backbone"), (lying, "sha256"),
                               (empty, f"has no repository {REPO}")):
-            code, _, err = run(["weights", "fetch", f"timm:{ARCH}", "--hub-url", fake.url], capsys)
+            code, _, err = run_cli(["weights", "fetch", f"timm:{ARCH}", "--hub-url", fake.url], capsys)
             assert code == 2 and err.count("\n") == 1 and message in err, err
     finally:
         for fake in (wrong, lying, empty):
@@ -242,7 +233,7 @@ def test_a_file_that_does_not_check_out_is_refused_and_nothing_cached(
 
 def test_a_cached_file_changed_after_the_fetch_is_refused(
         cache: Path, hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["weights", "fetch", f"timm:{ARCH}", "--hub-url", hub.url], capsys)[0] == 0
+    assert run_cli(["weights", "fetch", f"timm:{ARCH}", "--hub-url", hub.url], capsys)[0] == 0
     path = cache / "weights" / "timm" / NAME / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-1] + b"\0")
     from imgclf.errors import UserError
@@ -250,7 +241,7 @@ def test_a_cached_file_changed_after_the_fetch_is_refused(
 
     with pytest.raises(UserError, match="changed since they were fetched.*--force"):
         build_model(f"timm:{ARCH}", 3, pretrained=True)
-    code, out, err = run(["weights", "fetch", f"timm:{ARCH}", "--hub-url", hub.url, "--force"], capsys)
+    code, out, err = run_cli(["weights", "fetch", f"timm:{ARCH}", "--hub-url", hub.url, "--force"], capsys)
     assert code == 0 and "fetched and checked" in err, err
     assert build_model(f"timm:{ARCH}", 3, pretrained=True) is not None
 
@@ -263,5 +254,5 @@ def test_weights_command_refusals_are_one_line(cache: Path, capsys: pytest.Captu
                           (["weights", "list", "timm:resnet18"], "weights list takes no model"),
                           (["weights", "fetch", "timm:resnet18", "--hub-url", "ftp://x"], "http(s) URL"),
                           (["weights", "pull"], "invalid choice")):
-        code, _, err = run(argv, capsys)
+        code, _, err = run_cli(argv, capsys)
         assert code == 2 and err.count("\n") == 1 and message in err, (argv, err)

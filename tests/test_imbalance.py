@@ -139,6 +139,16 @@ def test_monitor_selects_best_pt(tmp_path: Path, scripted_validation: dict[str, 
     assert [r["val_macro_f1"] for r in read_history(tmp_path / "run" / "history.csv")] == [0.3, 0.8, 0.5]
 
 
+def test_a_later_epoch_that_ties_the_best_is_delivered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ties go to the later, further-annealed epoch: on 100 validation photos val accuracy often repeats."""
+    accuracies = iter([0.5, 0.9, 0.9])
+    monkeypatch.setattr(trainer_module, "loss_and_accuracy", lambda logits, labels: (1.0, next(accuracies)))
+    data = make_folder(tmp_path / "imgs", classes=3, per_class=10)
+    result = train(_cfg(data, tmp_path / "run"))
+    assert result.metrics["best_epoch"] == result.metrics["delivered_epoch"] == 3
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["trainer"]["epoch"] == 3
+
+
 def test_early_stop_follows_the_monitor(tmp_path: Path, scripted_validation: dict[str, list[float]]) -> None:
     data = make_folder(tmp_path / "imgs", classes=3, per_class=10)
     result = train(_cfg(data, tmp_path / "run", monitor="macro_f1", epochs=5, early_stop_patience=1))
