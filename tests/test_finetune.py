@@ -251,3 +251,23 @@ def test_resolved_defaults_fine_tune_on_a_cpu_in_small_batches() -> None:
     assert (scratch.batch_size, scratch.optimizer, scratch.image_size) == (min(BATCH_SIZE, 128), "sgd", 8)
     mine = resolve(TrainConfig(model="efficientnet_lite0", pretrained=True, device="cpu", batch_size=96), splits, cpu)
     assert mine.batch_size == 96  # what the user asked for stays
+
+
+def test_small_squares_fine_tuned_on_a_cpu_under_a_budget_are_upsampled_less() -> None:
+    """CIFAR-sized data on a CPU with a time budget: SMALL_SQUARES_FINETUNE_SIZE instead of the weights' own side
+    (fewer pixels a pass, more images seen); without a budget, on photos or with --image-size, as before."""
+    from imgclf.config import resolve
+    from imgclf.data import load_splits
+    from imgclf.defaults import SMALL_SQUARES_FINETUNE_SIZE
+
+    splits = load_splits("digits")
+    cpu = torch.device("cpu")
+
+    def side(**changes: object) -> int | None:
+        cfg = TrainConfig(model="efficientnet_lite2", pretrained=True, device="cpu").replace(**changes)
+        return resolve(cfg, splits, cpu).image_size
+
+    assert side(time_budget=60) == SMALL_SQUARES_FINETUNE_SIZE < 260
+    assert side() == 260
+    assert side(time_budget=60, image_size=224) == 224
+    assert side(time_budget=60, model="fastcnn", pretrained=False) == 8

@@ -176,16 +176,29 @@ def test_streamed_training_skips_and_names_an_unreadable_file(photo_folder: Path
 
 
 def test_head_phase_cut_by_the_budget_keeps_what_it_saw() -> None:
-    """On a machine too slow for the whole clean pass the features stop at the deadline (the clean view
-    comes shuffled, so the part seen still spans the classes)."""
-    import time
-
+    """On a machine too slow for the whole clean pass the features stop when told (the clean view comes
+    shuffled, so the part seen still spans the classes)."""
     from imgclf.models import build_model
-    from imgclf.training.staged import extract_features
 
     model = build_model("tiny", 3)
     batches = [(torch.rand(4, 3, 16, 16), torch.arange(4) % 3) for _ in range(50)]
-    feats, labels = extract_features(model, batches, None, deadline=time.perf_counter() - 1)
-    assert len(feats) == len(labels) == 4  # the first batch, then the deadline
+    seen: list[int] = []
+    feats, labels = extract_features(model, batches, None, stop=lambda images, seconds: seen.append(images) or
+                                     images >= 12)
+    assert len(feats) == len(labels) == 12 and seen == [4, 8, 12]
     feats, labels = extract_features(model, batches, None)
     assert len(feats) == 200
+
+
+def test_the_head_phase_takes_most_of_the_budget_when_no_layer_could_be_unfrozen() -> None:
+    """A frozen forward pass bounds every training step's rate from above: when at that rate the rest of the
+    budget cannot pass MIN_TOP_EPOCHS epochs, no depth fits and the head phase keeps caching features."""
+    from imgclf.training.staged import HEAD_ONLY_SHARE, MAX_HEAD_SHARE, MIN_TOP_EPOCHS, head_share
+
+    # CIFAR-10 through Lite0 at 224 px on 2 cores: 118 img/s, 45,000 images, 240 s
+    assert head_share(118.0, 45_000, 240.0) == HEAD_ONLY_SHARE > MAX_HEAD_SHARE
+    # flowers5 through Lite2 at 260 px: 40 img/s, 900 images, 180 s (the top phase can unfreeze)
+    assert head_share(40.0, 900, 180.0) == MAX_HEAD_SHARE
+    fits = MIN_TOP_EPOCHS * 1000 / ((1 - MAX_HEAD_SHARE) * 100.0)  # the rate at which 1,000 images just fit 100 s
+    assert head_share(fits, 1000, 100.0) == MAX_HEAD_SHARE
+    assert head_share(fits * 0.99, 1000, 100.0) == HEAD_ONLY_SHARE

@@ -39,6 +39,7 @@ from imgclf.defaults import (
     SEEDS_WALL_SECONDS,
     SIZING_MIN_EPOCHS,
     SIZING_WIDTHS,
+    SMALL_SQUARES_FINETUNE_SIZE,
     SPEED_EVAL_BATCHES,
     SPEED_PRESET_MODELS,
     SPEED_PRESETS,
@@ -348,16 +349,20 @@ def joined(parts: list[Any]) -> Any:
     return PhotoSet([im for p in parts for im in p.images], labels, first.classes, first.image_size)
 
 
-def _input_size(cfg: TrainConfig, data_side: int) -> int:
-    """The model's input side: --image-size, the weights' own, or the data's own, raised to the smallest
-    input the model accepts (small data is upsampled to it); an explicit size below that is refused."""
+def _input_size(cfg: TrainConfig, data_side: int, small_finetune_on_cpu: bool) -> int:
+    """The model's input side: --image-size, the weights' own (SMALL_SQUARES_FINETUNE_SIZE at most for
+    `small_finetune_on_cpu`: small squares fine-tuned on a CPU under a time budget), or the data's own, raised to
+    the smallest input the model accepts (small data is upsampled to it); an explicit size below that is refused."""
     from imgclf.models import model_entry
 
     smallest = model_entry(cfg.model).min_input_size
     if cfg.image_size is not None and cfg.image_size < smallest:
         raise UserError(f"{cfg.model} needs inputs of at least {smallest} px; --image-size {cfg.image_size} is "
                         "smaller")
-    return max(data_input_size(cfg) or data_side, smallest)
+    size = data_input_size(cfg) or data_side
+    if small_finetune_on_cpu and cfg.image_size is None:
+        size = min(size, SMALL_SQUARES_FINETUNE_SIZE)
+    return max(size, smallest)
 
 
 def _low_res(cfg: TrainConfig, image_size: int, measured_for: bool) -> float:
@@ -446,7 +451,8 @@ def resolve(cfg: TrainConfig, splits: Splits, device: torch.device,
     cap = max(8, 2 ** int(np.log2(max(len(splits.train) / 8, 1))))
     if cfg.batch_size is None and batch_size > cap:
         batch_size = cap  # a folder of a few hundred photos still gets several optimizer steps an epoch
-    image_size = _input_size(cfg, splits.train.image_size)
+    image_size = _input_size(cfg, splits.train.image_size, not scratch and on_cpu and not photos
+                             and bool(cfg.time_budget))
     low_res = _low_res(cfg, image_size, small_scratch_on_cpu and bool(cfg.time_budget))
     amp = cfg.amp
     if amp is None:
