@@ -43,8 +43,9 @@ STAGED_UNFREEZE_GROUPS = 2  # staged fine-tuning without a time budget: the two 
 PHOTO_INPUT_SIZE = 64  # photos from scratch when no --image-size is given: small nets train fast at 64 px
 # Small squares (CIFAR's 32 px) fine-tuned on a CPU under a time budget are upsampled to this side, not to the
 # weights' own: fewer pixels a pass, so the head sees more images. CIFAR-10-JPEG, the fine-tuned side of a 240 s
-# compare on 2 Xeon cores (bf16), test accuracy: Lite2 at 260 px (its own) 79.1 % (head on 4,400 images' features),
-# Lite2 at 192 px 80.7 % (7,984+), Lite0 at 224 px (its own) 80.2 % (8,496).
+# compare on 2 Xeon cores (bf16), test accuracy (the head's images): Lite2 at 260 px (its own) 79.1 % (4,400),
+# Lite2 at 192 px 80.7 % (9,440), Lite0 at 224 px (its own) 80.2 % (8,496); Lite2 at 192 px with the head phase
+# given most of the budget (training/staged.py HEAD_ONLY_SHARE) 81.4 % (27,376), where fastcnn reached 87.4 %.
 SMALL_SQUARES_FINETUNE_SIZE = 192
 PHOTO_CROP_FRACTION = 0.875  # the standard ImageNet evaluation crop of the short side: 224 out of 256
 
