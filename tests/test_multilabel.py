@@ -266,6 +266,8 @@ def test_report_shows_thresholds_and_precision_recall(trained: Path) -> None:
     assert "## Multi-label scores (test split)" in text and "| class | threshold | AP |" in text
     assert (trained / "figures" / "precision_recall.png").is_file()
     assert "Where the model errs" not in text  # the single-label sections are left out
+    # exact match near 0 is no sign of underfitting: the accuracy rules are not applied to it
+    assert "not judged for a multi-label run" in text and "Underfitting" not in text
 
 
 def test_inspect_counts_each_label(trained: Path, tmp_path: Path) -> None:

@@ -69,8 +69,9 @@ def write_report(run_dir: str | Path, top_k: int = 18) -> Path:
         cards.append(("throughput", f"{m['images_per_second']:,.0f} img/s"))
     doc.cards([c for c in cards if c[1] != "n/a"] or [("status", "no metrics")])
 
-    diagnosis = diagnose(run.history, cfg) if run.history else None
-    _diagnosis_section(doc, diagnosis)
+    multilabel = m.get("task") == "multilabel"
+    diagnosis = diagnose(run.history, cfg) if run.history and not multilabel else None
+    _diagnosis_section(doc, diagnosis, multilabel)
     _curves_section(doc, run, diagnosis)
     split = "test" if "test" in run.predictions else "val" if "val" in run.predictions else None
     if split is not None:
@@ -106,8 +107,13 @@ def _class_names(classes: list[str] | None, k: int) -> list[str]:
     return [f"class {i}" for i in range(k)]
 
 
-def _diagnosis_section(doc: Document, diagnosis: Diagnosis | None) -> None:
+def _diagnosis_section(doc: Document, diagnosis: Diagnosis | None, multilabel: bool = False) -> None:
     doc.heading("Diagnosis")
+    if multilabel:  # the rules read train and val accuracy, which for multi-label is the exact-match ratio at 0.5
+        doc.callout("Over- or underfitting is not judged for a multi-label run: the rules read train and validation "
+                    "accuracy, and here accuracy is the exact-match ratio at 0.5, which stays near 0 long after the "
+                    "model has learned. Read the loss curves below and the mAP and per-class scores.", "missing")
+        return
     if diagnosis is None:
         doc.callout("No history.csv, so over- or underfitting cannot be judged.", "missing")
         return
