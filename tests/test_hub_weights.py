@@ -173,8 +173,8 @@ def test_fetch_then_a_run_with_the_network_blocked_uses_the_cache(
 
     out_dir = tmp_path / "run"
     code, out, err = run_cli(["train", "--data", "digits", "--model", f"timm:{ARCH}", "--pretrained", "--strategy",
-                          "linear_probe", "--epochs", "1", "--subset", "200", "--image-size", "32", "--batch-size",
-                          "32", "--device", "cpu", "--out", str(out_dir), "--quiet"], capsys)
+                              "linear_probe", "--epochs", "1", "--subset", "200", "--image-size", "32", "--batch-size",
+                              "32", "--device", "cpu", "--out", str(out_dir), "--quiet"], capsys)
     assert code == 0, err
     assert tries == [], f"the run tried the network: {tries}"
     plan = yaml.safe_load((out_dir / "config.yaml").read_text())
@@ -190,7 +190,7 @@ def test_not_cached_and_offline_is_one_line_naming_the_fetch(
         cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     tries = block_network(monkeypatch)
     code, _, err = run_cli(["train", "--data", "digits", "--model", f"timm:{ARCH}", "--pretrained", "--epochs", "1",
-                        "--out", str(tmp_path / "run")], capsys)
+                            "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert f"no cached weights for timm:{ARCH}; run `{FETCH}` where there is a network, or pass --weights FILE" in err
     assert tries == [] and not (tmp_path / "run" / "checkpoints").exists()

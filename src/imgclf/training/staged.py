@@ -73,18 +73,19 @@ def extract_features(model: ImageClassifier, batches: Iterable[tuple[torch.Tenso
     was_training = model.training
     model.eval()
     feats, labels = [], []
+    done = 0
     started = last_said = time.perf_counter()
     for x, y in batches:
         with autocast(x.device, amp_dtype):
             feats.append(model.embed(x).float())
         labels.append(y)
+        done += len(y)
         now = time.perf_counter()
         if total and now - last_said > PROGRESS_SECONDS:
-            done = sum(len(b) for b in labels)
             print(f"imgclf: staged fine-tuning: features of {done}/{total} images "
                   f"({done / (now - started):.1f} img/s)", file=sys.stderr, flush=True)
             last_said = now
-        if stop is not None and stop(sum(len(b) for b in labels), now - started):
+        if stop is not None and stop(done, now - started):
             break
     model.train(was_training)
     return torch.cat(feats), torch.cat(labels)

@@ -115,8 +115,8 @@ class Trainer:
             weights = self.better_weights(row)
             suffix = "_ema" if weights == "ema" else ""
             # a later epoch that ties the best replaces it: the schedule has annealed further, and on a validation
-            # set of 100 photos ties are common (flowers5, Lite2: val 0.90 at epochs 2-5; epoch 2 tested 92.4 %,
-            # the annealed epoch 5 of the same plan 96.0 %)
+            # set of 100 photos ties are common (flowers5, Lite2: val 0.90 at epochs 2-5 and epoch 2 tested 92.4 %;
+            # the earlier code delivered the last epoch, and its run in the same sitting tested 96.0 %)
             if row[self.monitor_key + suffix] >= self.best_score:
                 self.best_score, self.best_val_acc = row[self.monitor_key + suffix], row["val_acc" + suffix]
                 self.best_epoch, self.best_weights = self.epoch, weights
