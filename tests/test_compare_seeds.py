@@ -79,6 +79,15 @@ def test_where_the_curves_cross() -> None:
     flat = crossing_text({"scratch": entry(fast, 60.0, measured=0.5), "finetune": entry(None, 60.0, measured=0.8)})
     assert "do not cross" in flat and "finetune leads throughout" in flat
     assert "taken as flat at its measured 80%" in flat
+    # how long the one behind would need: here its curve levels off below the leader's (50 % vs 80 %) ...
+    assert "scratch would not overtake finetune even with 32x the budget (1920 s: about 50% vs 80%" in flat
+    # ... and here it rises past it at 0.95 - 3 / sqrt(t) = 0.8 - 0.1 / t, t = 398.7 s, beyond 4x a 60 s budget
+    late = crossing_text({"ahead": entry(SaturatingFit(0.8, 0.1, 1.0, "power", 10), 60.0),
+                          "behind": entry(SaturatingFit(0.95, 3.0, 0.5, "power", 10), 60.0)})
+    assert "ahead leads throughout" in late
+    assert "behind would need about 399 s of training (7x the budget) to overtake ahead" in late
+    # a variant with too few points to fit is taken as flat: nothing is said about when it would catch up
+    assert "overtake" not in crossing_text({"scratch": entry(None, 60.0, 0.5), "finetune": entry(fast, 60.0, 0.8)})
     # past the budget each estimate starts from what was measured there: a run that ended above its curve (the
     # end of its schedule) keeps that lift. Fits alone cross at 14 s; lifted 3 and 2 points, at 0.7 / 0.06 s
     lifted = crossing_text({"scratch": entry(slow, 10.0, measured=float(slow(10.0)) + 0.03),
@@ -113,15 +122,30 @@ def test_the_spread_over_seeds_and_the_standard_error() -> None:
 
 
 def test_the_default_number_of_seeds() -> None:
-    assert config.default_seeds(300, 2, 20.0)[0] == 3  # small data, 6 runs at 20 s fit in 5 minutes
-    seeds, why = config.default_seeds(270, 2, 60.0)  # flowers-mini: its derived budget is the 60 s floor
-    assert seeds == 1 and "--seeds 3" in why
+    assert config.default_seeds(300, 2, 20.0)[0] == 3  # small data, 6 runs at 20 s fit in 8 minutes
+    # flowers-mini: its derived budget is the 60 s floor; 6 runs would take 8.5 minutes, 4 take 5.7
+    assert config.default_seeds(270, 2, 60.0, pass_seconds=5.0)[0] == 2
+    seeds, why = config.default_seeds(900, 2, 153.0, pass_seconds=21.0)  # flowers5 at its unshrunk budget
+    assert seeds == 1 and "--seeds 2" in why
     assert config.default_seeds(40_000, 2, 20.0)[0] == 1  # large data
     assert config.default_seeds(300, 2, None)[0] == 1  # --epochs or until the plateau: time unknown
     # the passes over every image beside the budget count: digits through Lite2 at 260 px at --budget 3 ran
     # 6 runs past a 2-minute limit when only the budget and a fixed overhead were reckoned
     assert config.default_seeds(1293, 2, 3.0)[0] == 3
-    assert config.default_seeds(1293, 2, 3.0, pass_seconds=40.0)[0] == 1
+    assert config.default_seeds(1293, 2, 3.0, pass_seconds=100.0)[0] == 1
+
+
+def test_a_derived_budget_shrinks_so_that_a_spread_fits() -> None:
+    """On small data the budget gives way to MIN_SPREAD_SEEDS seeds in SEEDS_WALL_SECONDS, never below the
+    floor; large data, and a budget that already leaves room, keep theirs."""
+    from imgclf.defaults import MIN_SPREAD_SEEDS, RUN_OVERHEAD_SECONDS, SEEDS_WALL_SECONDS
+
+    shrunk = config.room_for_seeds(153.0, 900, 2, 21.0)  # flowers5: 10 passes at 59 img/s
+    assert shrunk == round(SEEDS_WALL_SECONDS / (2 * MIN_SPREAD_SEEDS) - RUN_OVERHEAD_SECONDS - 21.0) < 153.0
+    assert config.default_seeds(900, 2, shrunk, pass_seconds=21.0)[0] == MIN_SPREAD_SEEDS
+    assert config.room_for_seeds(153.0, 45_000, 2, 21.0) == 153.0  # large data: 1 seed, the whole budget
+    assert config.room_for_seeds(60.0, 270, 2, 5.0) == 60.0  # already fits
+    assert config.room_for_seeds(200.0, 900, 2, 90.0) == 200.0  # room only below the floor: 1 seed, all of it
 
 
 def test_compare_plan_measures_only_what_it_decides() -> None:
@@ -140,7 +164,10 @@ def test_compare_plan_measures_only_what_it_decides() -> None:
     given = plan_compare(base, 30.0, 2, 2, 300, measure)
     assert (given.budget, given.seeds, given.budget_derived, calls) == (30.0, 2, False, [])
     derived = plan_compare(base, None, None, 2, 300, measure)
-    assert derived.budget == 150.0 and derived.budget_derived and derived.stopping == "budget" and calls == [1]
+    # 10 passes = 150 s, shrunk so that 2 seeds of both runs fit beside a 20 s pass over the 400 images
+    assert derived.budget == 80.0 and derived.seeds == 2 and derived.budget_derived and derived.stopping == "budget"
+    assert calls == [1]
+    assert plan_compare(base, None, 1, 2, 300, measure).budget == 150.0  # --seeds given: the budget stands
     assert plan_compare(base, None, None, 2, 30, lambda: (30, 40, 1e6)).budget == BUDGET_RANGE[0]
     plateau = plan_compare(base.replace(early_stop_patience=3), None, None, 2, 300, measure)
     assert (plateau.stopping, plateau.budget, plateau.seeds) == ("plateau", None, 1)

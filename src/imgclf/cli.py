@@ -561,13 +561,13 @@ def _compare_options(p: argparse.ArgumentParser) -> None:
                    help="seconds of training for each run (default: derived from the data and this machine, "
                    "printed; --epochs N for equal epochs, --early-stop N to train each until validation accuracy "
                    "stops improving)")
-    from imgclf.defaults import COMPARE_SEEDS, SEEDS_MAX_TRAIN_IMAGES, SEEDS_WALL_SECONDS
+    from imgclf.defaults import COMPARE_SEEDS, MIN_SPREAD_SEEDS, SEEDS_MAX_TRAIN_IMAGES, SEEDS_WALL_SECONDS
 
     p.add_argument("--seeds", type=number(int, "seeds", 1, 100), metavar="N",
                    help="train each variant N times (training seeds --seed .. --seed+N-1, the same split) and count "
-                   f"the spread in the verdict (default: {COMPARE_SEEDS} on up to {SEEDS_MAX_TRAIN_IMAGES:,} training "
-                   f"images when all runs fit in about {SEEDS_WALL_SECONDS / 60:g} minutes at the budget, else 1; "
-                   "printed)")
+                   f"the spread in the verdict (default: {COMPARE_SEEDS} or {MIN_SPREAD_SEEDS} on up to "
+                   f"{SEEDS_MAX_TRAIN_IMAGES:,} training images, as many as fit in about {SEEDS_WALL_SECONDS / 60:g} "
+                   "minutes of runs, a derived budget shrinking to make room; else 1; printed)")
 
 
 def _report_options(p: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ from imgclf.defaults import (
     FINETUNE_OPTIMIZER,
     LOW_RES_SCALE,
     LOW_RES_SHARE,
+    MIN_SPREAD_SEEDS,
     NUM_WORKERS,
     PHOTO_CROP_FRACTION,
     RUN_OVERHEAD_SECONDS,
@@ -578,18 +579,21 @@ class ComparePlan:
 def plan_compare(base: TrainConfig, budget: float | None, seeds: int | None, runs: int, train_images: int,
                  measure: Callable[[], tuple[int, int, float]]) -> ComparePlan:
     """Decide what `compare` leaves open: without --budget, --epochs or --early-stop each run's budget is
-    derived; without --seeds, `default_seeds` decides. `measure()` gives the slowest variant's training
-    images, all its images and its images per second on this machine (timed only when a decision needs it)."""
+    derived (and on small data, with --seeds unset, shrunk so that a spread over seeds fits); without --seeds,
+    `default_seeds` decides. `measure()` gives the slowest variant's training images, all its images and its
+    images per second on this machine (timed only when a decision needs it)."""
     until_plateau = bool(base.early_stop_patience) and budget is None and base.epochs is None
     derive = not until_plateau and budget is None and base.epochs is None
     slowest_train, every_image, rate = measure() if derive or (seeds is None and budget is not None) else (0, 0, 0.0)
+    # beside its budget a run passes over every image at least once (a fine-tuned run's cached features, the
+    # final evaluation): Lite2 at 260 px on a CPU spends minutes there on digits' 1,797 images
+    pass_seconds = every_image / rate if rate else 0.0
     if derive:
         budget = derived_budget(slowest_train, rate)
+        if seeds is None:
+            budget = room_for_seeds(budget, train_images, runs, pass_seconds)
     if seeds is None:
-        # beside its budget a run passes over every image at least once (a fine-tuned run's cached features,
-        # the final evaluation): Lite2 at 260 px on a CPU spends minutes there on digits' 1,797 images
-        seeds, reason = default_seeds(train_images, runs, None if until_plateau else budget,
-                                      every_image / rate if rate else 0.0)
+        seeds, reason = default_seeds(train_images, runs, None if until_plateau else budget, pass_seconds)
     else:
         reason = f"{seeds} seed{'s' if seeds > 1 else ''} (--seeds {seeds})"
     stopping = "plateau" if until_plateau else "budget" if budget else "epochs"
@@ -602,21 +606,37 @@ def derived_budget(num_train: int, rate: float) -> float:
     return float(round(min(max(BUDGET_EPOCH_PASSES * num_train / rate, BUDGET_RANGE[0]), BUDGET_RANGE[1])))
 
 
+def _runs_seconds(runs: int, seeds: int, budget: float, pass_seconds: float) -> float:
+    """About how long `runs` x `seeds` runs take: the budget, the passes it does not count, the overhead."""
+    return runs * seeds * (budget + RUN_OVERHEAD_SECONDS + pass_seconds)
+
+
+def room_for_seeds(budget: float, train_images: int, runs: int, pass_seconds: float) -> float:
+    """A derived `budget`, shrunk on small data (at most SEEDS_MAX_TRAIN_IMAGES) to the longest with which
+    MIN_SPREAD_SEEDS seeds of every run fit in SEEDS_WALL_SECONDS; kept when it fits already, or when room
+    would take a budget below BUDGET_RANGE[0] (then 1 seed gets the whole of it)."""
+    if train_images > SEEDS_MAX_TRAIN_IMAGES:
+        return budget
+    fits = round(SEEDS_WALL_SECONDS / (runs * MIN_SPREAD_SEEDS) - RUN_OVERHEAD_SECONDS - pass_seconds)
+    return float(fits) if BUDGET_RANGE[0] <= fits < budget else budget
+
+
 def default_seeds(train_images: int, runs: int, budget: float | None, pass_seconds: float = 0.0) -> tuple[int, str]:
-    """How many seeds a comparison trains without --seeds, and why: COMPARE_SEEDS on a training set of at most
-    SEEDS_MAX_TRAIN_IMAGES when a budget fixes each run's time and all `runs` x COMPARE_SEEDS runs fit in
-    SEEDS_WALL_SECONDS, each costing RUN_OVERHEAD_SECONDS and `pass_seconds` (the passes over its images that
-    the budget does not count: a fine-tuned run's feature pass, the final evaluation) beside the budget, else 1.
-    The budget is never cut to make room: a shorter run answers another question (on flowers-mini the derived
-    60 s is the floor of BUDGET_RANGE)."""
+    """How many seeds a comparison trains without --seeds, and why: on a training set of at most
+    SEEDS_MAX_TRAIN_IMAGES when a budget fixes each run's time, the most from COMPARE_SEEDS down to
+    MIN_SPREAD_SEEDS whose `runs` all fit in SEEDS_WALL_SECONDS, each costing RUN_OVERHEAD_SECONDS and
+    `pass_seconds` (the passes over its images that the budget does not count: a fine-tuned run's feature pass,
+    the final evaluation) beside the budget; else 1."""
     if budget is None:
         return 1, "1 seed (no time budget, so the time of repeats is not known in advance; --seeds N to repeat)"
     if train_images > SEEDS_MAX_TRAIN_IMAGES:
         return 1, (f"1 seed ({train_images:,} training images: large enough that seeds vary little; --seeds N to "
                    "measure it)")
-    total = runs * COMPARE_SEEDS * (budget + RUN_OVERHEAD_SECONDS + pass_seconds)
-    if total > SEEDS_WALL_SECONDS:
-        return 1, (f"1 seed ({COMPARE_SEEDS} seeds of {runs} runs at {budget:g} s would take about "
-                   f"{total / 60:.0f} min; --seeds {COMPARE_SEEDS} to measure the spread anyway)")
-    return COMPARE_SEEDS, (f"{COMPARE_SEEDS} seeds (default on {train_images:,} training images: all "
-                           f"{runs * COMPARE_SEEDS} runs fit in about {total / 60:.0f} min)")
+    for seeds in range(COMPARE_SEEDS, MIN_SPREAD_SEEDS - 1, -1):
+        total = _runs_seconds(runs, seeds, budget, pass_seconds)
+        if total <= SEEDS_WALL_SECONDS:
+            return seeds, (f"{seeds} seeds (default on {train_images:,} training images: all {runs * seeds} runs "
+                           f"fit in about {total / 60:.0f} min)")
+    total = _runs_seconds(runs, MIN_SPREAD_SEEDS, budget, pass_seconds)
+    return 1, (f"1 seed ({MIN_SPREAD_SEEDS} seeds of {runs} runs at {budget:g} s would take about "
+               f"{total / 60:.0f} min; --seeds {MIN_SPREAD_SEEDS} to measure the spread anyway)")

@@ -28,6 +28,7 @@ MIN_POINTS = 4  # a 3-parameter curve needs more points than parameters to say a
 MIN_SPAN = 2.0  # ... spread over at least this ratio of training seconds (last / first)
 FACTORS = (2, 4)  # the budgets the estimate speaks about, as multiples of the measured one
 LEVEL = 0.005  # curves closer than half a point are level: no crossing is read into their noise
+OVERTAKE_FACTOR = 32  # how far past the budget the report looks for when the trailing curve would catch up
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,8 @@ def crossing(first: Curve, second: Curve | float, start: float, end: float,
 def run_points(run_dir: Path) -> list[tuple[float, float]]:
     """(training seconds, validation accuracy) per epoch of a run directory. A staged fine-tuning run's
     history starts its clock after the head phase; that phase's seconds (metrics.json) are added, so every
-    run's seconds are the same training time its budget counts."""
+    run's seconds are the same training time its budget counts, and the head phase's own points come first
+    (heads on shares of its features: training/staged.py head_curve)."""
     from imgclf.evaluation.diagnosis import read_history
 
     path = run_dir / "history.csv"
@@ -170,9 +172,11 @@ def run_points(run_dir: Path) -> list[tuple[float, float]]:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         metrics = {}
-    offset = float((metrics.get("staged") or {}).get("seconds") or 0.0)
-    return [(offset + row["seconds"], row["val_acc"]) for row in read_history(path)
-            if np.isfinite(row.get("seconds", math.nan)) and np.isfinite(row.get("val_acc", math.nan))]
+    staged = metrics.get("staged") or {}
+    offset = float(staged.get("seconds") or 0.0)
+    head = [(float(t), float(acc)) for t, acc in (staged.get("head") or {}).get("curve") or []]
+    return head + [(offset + row["seconds"], row["val_acc"]) for row in read_history(path)
+                   if np.isfinite(row.get("seconds", math.nan)) and np.isfinite(row.get("val_acc", math.nan))]
 
 
 def time_series(folder: Path, summaries: Sequence[Mapping[str, Any]]) -> dict[str, list[list[tuple[float, float]]]]:
@@ -263,10 +267,27 @@ def crossing_text(estimates: Mapping[str, Mapping[str, Any]]) -> str:
             parts.append(f"The curves run level (within {100 * LEVEL:g} points) from {start:.0f} s to "
                          f"{max(FACTORS)}x the budget ({end:.0f} s): more time does not separate them.")
         else:
+            ahead = leader(past_a, past_b, budget)
             parts.append(f"The curves do not cross between {start:.0f} s and {max(FACTORS)}x the budget "
-                         f"({end:.0f} s, past the budget an estimate): {leader(past_a, past_b, budget)} leads "
-                         "throughout.")
+                         f"({end:.0f} s, past the budget an estimate): {ahead} leads throughout.")
+            behind = nb if ahead == na else na
+            if (eb if behind == nb else ea).get("fit"):  # a flat stand-in says nothing about catching up
+                parts.append(overtake_text(ahead, behind, {na: past_a, nb: past_b}, end, budget))
     return " ".join(parts) + flat
+
+
+def overtake_text(ahead: str, behind: str, curves: Mapping[str, Curve], start: float, budget: float) -> str:
+    """How long the variant `behind` would need to overtake `ahead`, by their anchored `curves`, looking from
+    `start` to OVERTAKE_FACTOR x the budget; or that by them it would not, with where each stands there."""
+    end = OVERTAKE_FACTOR * budget
+    when = crossing(curves[behind], curves[ahead], start, end)
+    if when is not None:
+        return (f"By the fitted curves {behind} would need about {when:.0f} s of training ({when / budget:.0f}x the "
+                f"budget) to overtake {ahead}: a long extrapolation, to be read as an order of magnitude.")
+    level = {name: 100 * float(curves[name](np.array([end]))[0]) for name in (ahead, behind)}
+    return (f"By the fitted curves {behind} would not overtake {ahead} even with {OVERTAKE_FACTOR}x the budget "
+            f"({end:.0f} s: about {level[behind]:.0f}% vs {level[ahead]:.0f}%, an extrapolation): on this machine "
+            f"and data {ahead} is the better use of the time.")
 
 
 @figs.styled

@@ -32,7 +32,7 @@ from imgclf.training.engine import Fitted
 from imgclf.training.losses import criterion_for, imbalance_warning
 from imgclf.training.optim import build_optimizer, decay_split
 from imgclf.training.plan import optimizer_groups, plan_finetune
-from imgclf.training.staged import stage_head
+from imgclf.training.staged import HEAD_CURVE_VAL_IMAGES, stage_head
 from imgclf.training.trainer import Trainer
 
 UNBOUNDED_EPOCHS = 1_000_000  # a time-budgeted run without --epochs stops on time alone
@@ -254,6 +254,17 @@ def run_callbacks(cfg: TrainConfig, run: RunDir, is_main: bool, logger: cb.Callb
     return callbacks
 
 
+def head_curve_val(cfg: TrainConfig, splits: Splits, device: torch.device) -> Any:
+    """Validation batches that score the head phase's time-curve points: under a time budget (what compare
+    runs), one label an image, at most HEAD_CURVE_VAL_IMAGES of them (a seeded subset); else None."""
+    if not cfg.time_budget or cfg.task == "multilabel" or splits.val is None or not len(splits.val):
+        return None
+    val = splits.val
+    if len(val) > HEAD_CURVE_VAL_IMAGES:
+        val = val.take(np.random.default_rng(cfg.seed).permutation(len(val))[:HEAD_CURVE_VAL_IMAGES])
+    return eval_loader_for(cfg, val, device)
+
+
 def build_trainer(cfg: TrainConfig, splits: Splits, device: torch.device, dist: Any, ckpt: dict[str, Any] | None,
                   callbacks: list[cb.Callback]) -> tuple[Trainer, dict[str, Any]]:
     """Model, loaders, the staged head phase (fine-tuning), optimizer groups and the Trainer, restored from
@@ -268,8 +279,8 @@ def build_trainer(cfg: TrainConfig, splits: Splits, device: torch.device, dist: 
             # the clean view in a seeded random order: a head phase the budget cuts short still sees every class
             shuffled = splits.train.take(np.random.default_rng(cfg.seed).permutation(len(splits.train)))
             cfg, extra["staged"] = stage_head(model, cfg, eval_loader_for(cfg, shuffled, device), train_loader,
-                                              len(splits.train), amp_dtype,
-                                              announce=dist.is_main and not cfg.quiet)
+                                              len(splits.train), amp_dtype, announce=dist.is_main and not cfg.quiet,
+                                              val=head_curve_val(cfg, splits, device))
     plan = plan_finetune(model, cfg)
     optimizer = build_optimizer(optimizer_groups(model, cfg, plan), cfg)
     train_model = dist.wrap(model, cfg, find_unused=plan is not None) if dist.active else model

@@ -13,10 +13,15 @@
    (32x32 data of tens of thousands of images, upsampled to the weights' input, on a CPU), nothing would be
    unfrozen and the top phase could only show the head more views through the frozen backbone: the head phase
    then caches the features of as many images as HEAD_ONLY_SHARE of the budget buys instead.
+
+Under a time budget the head phase also leaves points for compare's time curve (`head_curve`): heads trained on
+the first HEAD_CURVE_SHARES of the clean features, scored on validation. Where the top phase fits one epoch (CIFAR
+on a CPU) they are what the fine-tuned curve is fitted to, and so what says how long it would need to catch up.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import sys
@@ -47,6 +52,8 @@ HEAD_ONLY_SHARE = 0.8
 PROGRESS_SECONDS = 15.0  # a feature pass longer than this reports how far it is
 MIN_TOP_EPOCHS = 4  # the top phase unfreezes only as deep as still fits this many epochs in its budget
 PROBE_STEPS = 1  # timed training steps per candidate depth (after one untimed)
+HEAD_CURVE_SHARES = (0.125, 0.25, 0.5)  # the clean features' shares extra heads train on, for the time curve
+HEAD_CURVE_VAL_IMAGES = 1000  # at most this many validation images (a seeded subset) score the curve's heads
 
 
 @dataclass
@@ -58,6 +65,7 @@ class HeadReport:
     seconds: float
     extract_images_per_second: float
     loss: float
+    curve: list[list[float]]  # (head-phase seconds, validation accuracy) points; empty without a budget
 
     def to_dict(self) -> dict[str, Any]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
@@ -127,10 +135,12 @@ def train_head(head: nn.Module, features_of: Callable[[torch.Tensor], torch.Tens
 
 
 def fit_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, augmented: Callable[[int], Iterable],
-             num_train: int, amp_dtype: torch.dtype | None, budget: float | None) -> HeadReport:
+             num_train: int, amp_dtype: torch.dtype | None, budget: float | None,
+             val: Iterable | None = None) -> HeadReport:
     """Phase 1: features of the clean view and of augmented views (`augmented(k)` yields the k-th), then
     the head trained on all of them. Under a `budget` the phase takes what `head_share` of it buys: fewer
-    views, and on a slow machine only part of the clean view (`clean` comes in a random order)."""
+    views, and on a slow machine only part of the clean view (`clean` comes in a random order). Given `val`
+    batches, the report carries `head_curve`'s points, the trained head's last."""
     started = time.perf_counter()
 
     def out_of_time(images: int, seconds: float) -> bool:
@@ -149,9 +159,43 @@ def fit_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, augmente
     cache, targets = torch.cat(parts), torch.cat(part_labels)
     # --class-weights auto: weighted by the classes among the features the head trains on
     criterion = criterion_for(cfg, targets.cpu().numpy(), model.head[-1].out_features).to(cache.device)
+    scored = extract_features(model, val, amp_dtype) if val is not None else None
+    curve = head_curve(model.head, cfg, (feats, labels), scored, rate, criterion) if scored is not None else []
     loss = train_head(model.head, lambda idx: cache[idx.to(cache.device)], targets, cfg, cfg.head_epochs, cfg.seed,
                       criterion)
-    return HeadReport(views, len(targets), time.perf_counter() - started, rate, loss)
+    seconds = time.perf_counter() - started
+    if scored is not None:
+        curve.append([round(seconds, 3), round(head_accuracy(model.head, *scored), 4)])
+    return HeadReport(views, len(targets), seconds, rate, loss, curve)
+
+
+def head_accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
+    """The head's accuracy on cached features, dropout off."""
+    was_training = head.training
+    head.eval()
+    with torch.no_grad():
+        correct = (head(features.to(next(head.parameters()).device)).argmax(1).cpu() == labels.cpu()).float()
+    head.train(was_training)
+    return float(correct.mean())
+
+
+def head_curve(head: nn.Module, cfg: TrainConfig, clean: tuple[torch.Tensor, torch.Tensor],
+               val: tuple[torch.Tensor, torch.Tensor], rate: float, criterion: nn.Module) -> list[list[float]]:
+    """(seconds, validation accuracy) of copies of the untrained `head` trained on the first HEAD_CURVE_SHARES of
+    the `clean` view's features (extracted at `rate` images/s): the seconds are what extracting those images and
+    training that head took, the time such a head phase would have cost. Where the top phase fits one epoch these
+    are the fine-tuned curve's early points; on photos they are cheap (a few hundred cached features)."""
+    feats, labels = clean
+    points = []
+    for share in HEAD_CURVE_SHARES:
+        count = max(1, int(share * len(labels)))
+        started = time.perf_counter()
+        partial = copy.deepcopy(head)
+        train_head(partial, lambda idx: feats[idx.to(feats.device)], labels[:count], cfg, cfg.head_epochs, cfg.seed,
+                   criterion)
+        seconds = count / max(rate, 1e-9) + time.perf_counter() - started
+        points.append([round(seconds, 3), round(head_accuracy(partial, *val), 4)])
+    return points
 
 
 def head_share(rate: float, num_train: int, budget: float) -> float:
@@ -198,11 +242,13 @@ def choose_depth(model: ImageClassifier, batches: Iterable[tuple[torch.Tensor, t
 
 
 def stage_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, train_loader: Any, num_train: int,
-               amp_dtype: torch.dtype | None, announce: bool) -> tuple[TrainConfig, dict[str, Any]]:
+               amp_dtype: torch.dtype | None, announce: bool,
+               val: Iterable | None = None) -> tuple[TrainConfig, dict[str, Any]]:
     """Run phase 1 and decide phase 2's depth; returns the config with `unfreeze_groups` set (so config.yaml
     and a resume know it) and the plan as measured, for the checkpoint and metrics.json.
 
-    `clean` yields the training images in their evaluation view; `train_loader` the augmented ones.
+    `clean` yields the training images in their evaluation view; `train_loader` the augmented ones; `val`, if
+    given, validation images that score the head phase's time-curve points.
     """
     started = time.perf_counter()
     freeze_backbone(model)
@@ -211,7 +257,7 @@ def stage_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, train_
         train_loader.set_epoch(-view)  # epochs below 0: views the top phase never draws
         return train_loader
 
-    report = fit_head(model, cfg, clean, augmented, num_train, amp_dtype, cfg.time_budget)
+    report = fit_head(model, cfg, clean, augmented, num_train, amp_dtype, cfg.time_budget, val)
     train_loader.set_epoch(0)
     rates: dict[int, float] = {}
     depth = cfg.unfreeze_groups
