@@ -202,3 +202,49 @@ def test_the_head_phase_takes_most_of_the_budget_when_no_layer_could_be_unfrozen
     fits = MIN_TOP_EPOCHS * 1000 / ((1 - MAX_HEAD_SHARE) * 100.0)  # the rate at which 1,000 images just fit 100 s
     assert head_share(fits, 1000, 100.0) == MAX_HEAD_SHARE
     assert head_share(fits * 0.99, 1000, 100.0) == HEAD_ONLY_SHARE
+
+
+def test_head_curve_points_rise_with_the_features_the_head_saw() -> None:
+    """The time-curve points of the head phase: heads on 1/8, 1/4 and 1/2 of the features, each charged the
+    extraction of what it saw, score better with more; the head itself is left untouched."""
+    from torch import nn
+
+    from imgclf.training.staged import HEAD_CURVE_SHARES, head_curve
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 32, generator=gen)
+
+    def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(n) % 5
+        return centres[labels] + 2.0 * torch.randn(n, 32, generator=gen), labels
+
+    train_set, val_set = sample(1600), sample(1000)
+    head = nn.Sequential(nn.Dropout(0.0), nn.Linear(32, 5))
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    points = head_curve(head, TrainConfig(weight_decay=0.0, label_smoothing=0.0, head_epochs=3), train_set, val_set,
+                        rate=1000.0, criterion=nn.CrossEntropyLoss())
+    assert len(points) == len(HEAD_CURVE_SHARES)
+    seconds, accuracy = zip(*points, strict=True)
+    assert all(t >= share * 1.6 for t, share in zip(seconds, HEAD_CURVE_SHARES, strict=True))  # 1,600 at 1,000/s
+    assert seconds[0] < seconds[1] < seconds[2]
+    assert accuracy[2] > accuracy[0] + 0.05 and 0.2 < accuracy[0] < 1.0, points
+    assert all(torch.equal(before[k], v) for k, v in head.state_dict().items())
+
+
+def test_a_budgeted_staged_run_leaves_head_points_on_its_time_curve(photo_folder: Path, tmp_path: Path) -> None:
+    """Under a time budget the head phase's points (three shares and the trained head, on head-phase seconds)
+    come first in the run's time curve, before the epochs on the budget's clock."""
+    from imgclf.reporting.curves import run_points
+    from imgclf.training.run import train
+
+    weights = tmp_path / "start.pt"
+    torch.save(build_model("tiny", 3).state_dict(), weights)
+    result = train(TrainConfig(data=str(photo_folder), model="tiny", weights=str(weights), time_budget=8.0,
+                               epochs=2, batch_size=8, image_size=24, quiet=True, device="cpu", unfreeze_groups=1,
+                               head_epochs=3, out=str(tmp_path / "run")))
+    curve = result.metrics["staged"]["head"]["curve"]
+    assert len(curve) == 4 and all(0.0 <= acc <= 1.0 for _, acc in curve)
+    assert curve[-1][0] <= result.metrics["staged"]["seconds"]
+    points = run_points(tmp_path / "run")
+    assert [list(p) for p in points[:4]] == curve and len(points) == 4 + result.metrics["epochs_run"]
+    assert min(t for t, _ in points[4:]) > curve[-1][0]
