@@ -227,6 +227,14 @@ def test_estimates_from_a_run_directory(tmp_path: Path) -> None:
     est = curves.time_estimates(tmp_path, [summary], 60.0)["finetune"]
     assert est["points"] == 8 and est["fit"]["method"] == "power"
     assert est["2x"] == pytest.approx(float(_truth(0.9, 0.5, 0.7, 120.0)), abs=2e-3)
+    assert "floor" not in est
+    # a plan that left layer groups frozen: more time would unfreeze more, so its estimate is a floor
+    (run / "metrics.json").write_text(json.dumps({"staged": {"seconds": 20.0, "unfreeze_groups": 0, "groups": 5}}))
+    floor = curves.time_estimates(tmp_path, [summary], 60.0)["finetune"]
+    assert floor["floor"] and "unfroze 0 of 5 layer groups" in floor["note"]
+    assert floor["2x"] == pytest.approx(est["2x"])
+    assert "finetune's estimate is a floor" in curves.crossing_text(
+        {"finetune": floor, "scratch": {**est, "measured_val_accuracy": 0.5}})
     (run / "history.csv").write_text("epoch,seconds,val_acc\n1,24.6,0.73\n")  # what a 60 s Lite2 run logs
     one = curves.time_estimates(tmp_path, [summary], 60.0)["finetune"]
     assert one["2x"] is None and one["fit"] is None and "1 epoch per run" in one["note"]

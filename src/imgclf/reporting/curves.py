@@ -179,6 +179,17 @@ def run_points(run_dir: Path) -> list[tuple[float, float]]:
                    if np.isfinite(row.get("seconds", math.nan)) and np.isfinite(row.get("val_acc", math.nan))]
 
 
+def partial_depth(run_dir: Path) -> tuple[int, int] | None:
+    """(layer groups unfrozen, groups) of a staged fine-tuning run that left some frozen; else None. Such a run's
+    plan was sized to its budget: given more time the plan unfreezes more, which its time curve cannot show."""
+    try:
+        staged = json.loads((run_dir / "metrics.json").read_text()).get("staged") or {}
+    except (OSError, ValueError):
+        return None
+    depth, groups = staged.get("unfreeze_groups"), staged.get("groups")
+    return (int(depth), int(groups)) if depth is not None and groups and depth < groups else None
+
+
 def time_series(folder: Path, summaries: Sequence[Mapping[str, Any]]) -> dict[str, list[list[tuple[float, float]]]]:
     """Per summary (variant at the full fraction): each of its runs' (seconds, val accuracy) points."""
     return {s["variant"]: [run_points(folder / "runs" / name) for name in s["run_names"]] for s in summaries}
@@ -211,6 +222,12 @@ def time_estimates(folder: Path, summaries: Sequence[Mapping[str, Any]],
             entry["fit_at_budget"] = float(fit(spent))
             entry["note"] = ("estimate: the accuracy measured at the budget plus the gain a curve fitted to the run's "
                              "validation accuracy predicts")
+        depths = [d for d in (partial_depth(folder / "runs" / name) for name in summary["run_names"]) if d]
+        if depths and entry["fit"]:
+            depth, groups = min(depths)
+            entry["floor"] = True
+            entry["note"] += (f"; a floor: in this budget it unfroze {depth} of {groups} layer groups, and a "
+                              "longer one unfreezes more, a step the curve cannot foresee")
         out[variant] = entry
     return out
 
@@ -273,6 +290,10 @@ def crossing_text(estimates: Mapping[str, Mapping[str, Any]]) -> str:
             behind = nb if ahead == na else na
             if (eb if behind == nb else ea).get("fit"):  # a flat stand-in says nothing about catching up
                 parts.append(overtake_text(ahead, behind, {na: past_a, nb: past_b}, end, budget))
+    floors = [n for n, e in ((na, ea), (nb, eb)) if e.get("floor")]
+    if floors:
+        parts.append(f"{' and '.join(floors)}'s estimate is a floor: its fine-tuning plan was sized to this budget "
+                     "and would unfreeze more layers with more time.")
     return " ".join(parts) + flat
 
 
