@@ -267,15 +267,15 @@ def crossing_text(estimates: Mapping[str, Mapping[str, Any]]) -> str:
     def leader(a: Curve, b: Curve, t: float) -> str:
         return na if float(a(np.array([t]))[0]) >= float(b(np.array([t]))[0]) else nb
 
-    parts = []
+    parts, ahead = [], None  # ahead: who leads past the budget when the curves do not cross there
     if within is not None:
         parts.append(f"The fitted curves cross at about {within:.0f} s, within the measured budget.")
     if beyond is not None:
         parts.append(f"With more time they would cross at about {beyond:.0f} s (an estimate); after that "
                      f"{leader(past_a, past_b, min(1.5 * beyond, end))} leads.")
     elif within is not None:
-        parts.append(f"From the budget to {max(FACTORS)}x it ({end:.0f} s) {leader(past_a, past_b, end)} stays "
-                     "ahead (an estimate).")
+        ahead = leader(past_a, past_b, end)
+        parts.append(f"From the budget to {max(FACTORS)}x it ({end:.0f} s) {ahead} stays ahead (an estimate).")
     else:
         grid = np.geomspace(max(start, 1e-3), end, 60)
         low, high = grid[grid <= budget], grid[grid >= budget]
@@ -287,9 +287,8 @@ def crossing_text(estimates: Mapping[str, Mapping[str, Any]]) -> str:
             ahead = leader(past_a, past_b, budget)
             parts.append(f"The curves do not cross between {start:.0f} s and {max(FACTORS)}x the budget "
                          f"({end:.0f} s, past the budget an estimate): {ahead} leads throughout.")
-            behind = nb if ahead == na else na
-            if (eb if behind == nb else ea).get("fit"):  # a flat stand-in says nothing about catching up
-                parts.append(overtake_text(ahead, behind, {na: past_a, nb: past_b}, end, budget))
+    if ahead is not None and (eb if ahead == na else ea).get("fit"):  # a flat stand-in says nothing of catching up
+        parts.append(overtake_text(ahead, nb if ahead == na else na, {na: past_a, nb: past_b}, end, budget))
     floors = [n for n, e in ((na, ea), (nb, eb)) if e.get("floor")]
     if floors:
         parts.append(f"{' and '.join(floors)}'s estimate is a floor: its fine-tuning plan was sized to this budget "
