@@ -81,6 +81,9 @@ def test_where_the_curves_cross() -> None:
     assert "taken as flat at its measured 80%" in flat
     # how long the one behind would need: here its curve levels off below the leader's (50 % vs 80 %) ...
     assert "scratch would not overtake finetune even with 32x the budget (1920 s: about 50% vs 80%" in flat
+    level = crossing_text({"ahead": entry(SaturatingFit(0.8, 0.1, 1.0, "power", 10), 60.0),
+                           "behind": entry(SaturatingFit(0.8, 0.15, 0.5, "power", 10), 60.0)})
+    assert "behind would at most draw level with ahead by 32x the budget (1920 s, about 80%" in level
     # ... and here it rises past it at 0.95 - 3 / sqrt(t) = 0.8 - 0.1 / t, t = 398.7 s, beyond 4x a 60 s budget
     late = crossing_text({"ahead": entry(SaturatingFit(0.8, 0.1, 1.0, "power", 10), 60.0),
                           "behind": entry(SaturatingFit(0.95, 3.0, 0.5, "power", 10), 60.0)})
@@ -235,6 +238,14 @@ def test_estimates_from_a_run_directory(tmp_path: Path) -> None:
     assert floor["2x"] == pytest.approx(est["2x"])
     assert "finetune's estimate is a floor" in curves.crossing_text(
         {"finetune": floor, "scratch": {**est, "measured_val_accuracy": 0.5}})
+    # head-phase points in metrics.json do not enter a curve the epochs alone can fit ...
+    head = {"head": {"curve": [[2.0, 0.5], [4.0, 0.6], [8.0, 0.65], [16.0, 0.7]]}}
+    (run / "metrics.json").write_text(json.dumps({"staged": {"seconds": 20.0, **head}}))
+    assert curves.time_estimates(tmp_path, [summary], 60.0)["finetune"]["points"] == 8
     (run / "history.csv").write_text("epoch,seconds,val_acc\n1,24.6,0.73\n")  # what a 60 s Lite2 run logs
+    # ... and carry one that has too few epochs (CIFAR-10 fine-tuned on a CPU: one)
+    with_head = curves.time_estimates(tmp_path, [summary], 60.0)["finetune"]
+    assert with_head["points"] == 5 and with_head["fit"] is not None and with_head["first_seconds"] == 2.0
+    (run / "metrics.json").write_text(json.dumps({"staged": {"seconds": 20.0}}))
     one = curves.time_estimates(tmp_path, [summary], 60.0)["finetune"]
     assert one["2x"] is None and one["fit"] is None and "1 epoch per run" in one["note"]

@@ -234,7 +234,7 @@ def test_head_curve_points_rise_with_the_features_the_head_saw() -> None:
 def test_a_budgeted_staged_run_leaves_head_points_on_its_time_curve(photo_folder: Path, tmp_path: Path) -> None:
     """Under a time budget the head phase's points (three shares and the trained head, on head-phase seconds)
     come first in the run's time curve, before the epochs on the budget's clock."""
-    from imgclf.reporting.curves import run_points
+    from imgclf.reporting.curves import head_points, run_points, time_series
     from imgclf.training.run import train
 
     weights = tmp_path / "start.pt"
@@ -245,6 +245,11 @@ def test_a_budgeted_staged_run_leaves_head_points_on_its_time_curve(photo_folder
     curve = result.metrics["staged"]["head"]["curve"]
     assert len(curve) == 4 and all(0.0 <= acc <= 1.0 for _, acc in curve)
     assert curve[-1][0] <= result.metrics["staged"]["seconds"]
-    points = run_points(tmp_path / "run")
-    assert [list(p) for p in points[:4]] == curve and len(points) == 4 + result.metrics["epochs_run"]
-    assert min(t for t, _ in points[4:]) > curve[-1][0]
+    assert [list(p) for p in head_points(tmp_path / "run")] == curve
+    epochs = run_points(tmp_path / "run")
+    assert len(epochs) == result.metrics["epochs_run"] and min(t for t, _ in epochs) > curve[-1][0]
+    # the time curve takes them where the epochs alone are too few to fit (here 2): they come first
+    summary = {"variant": "finetune", "run_names": ["run"]}
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "run").rename(tmp_path / "runs" / "run")
+    assert time_series(tmp_path, [summary])["finetune"] == [[tuple(p) for p in curve] + epochs]

@@ -158,41 +158,60 @@ def crossing(first: Curve, second: Curve | float, start: float, end: float,
 
 # -- reading a comparison's runs -------------------------------------------------------------------------------
 
+def _metrics(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def run_points(run_dir: Path) -> list[tuple[float, float]]:
     """(training seconds, validation accuracy) per epoch of a run directory. A staged fine-tuning run's
     history starts its clock after the head phase; that phase's seconds (metrics.json) are added, so every
-    run's seconds are the same training time its budget counts, and the head phase's own points come first
-    (heads on shares of its features: training/staged.py head_curve)."""
+    run's seconds are the same training time its budget counts."""
     from imgclf.evaluation.diagnosis import read_history
 
     path = run_dir / "history.csv"
     if not path.is_file():
         return []
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        metrics = {}
-    staged = metrics.get("staged") or {}
-    offset = float(staged.get("seconds") or 0.0)
-    head = [(float(t), float(acc)) for t, acc in (staged.get("head") or {}).get("curve") or []]
-    return head + [(offset + row["seconds"], row["val_acc"]) for row in read_history(path)
-                   if np.isfinite(row.get("seconds", math.nan)) and np.isfinite(row.get("val_acc", math.nan))]
+    offset = float((_metrics(run_dir).get("staged") or {}).get("seconds") or 0.0)
+    return [(offset + row["seconds"], row["val_acc"]) for row in read_history(path)
+            if np.isfinite(row.get("seconds", math.nan)) and np.isfinite(row.get("val_acc", math.nan))]
+
+
+def head_points(run_dir: Path) -> list[tuple[float, float]]:
+    """A staged fine-tuning run's head-phase points (heads on shares of its features: training/staged.py
+    head_curve), on the same clock as `run_points`; empty for other runs."""
+    curve = ((_metrics(run_dir).get("staged") or {}).get("head") or {}).get("curve") or []
+    return [(float(t), float(acc)) for t, acc in curve]
+
+
+def _fittable(points: Sequence[tuple[float, float]]) -> bool:
+    seconds = [t for t, _ in points if t > 0]
+    return len(set(seconds)) >= MIN_POINTS and max(seconds) >= MIN_SPAN * min(seconds)
 
 
 def partial_depth(run_dir: Path) -> tuple[int, int] | None:
     """(layer groups unfrozen, groups) of a staged fine-tuning run that left some frozen; else None. Such a run's
     plan was sized to its budget: given more time the plan unfreezes more, which its time curve cannot show."""
-    try:
-        staged = json.loads((run_dir / "metrics.json").read_text()).get("staged") or {}
-    except (OSError, ValueError):
-        return None
+    staged = _metrics(run_dir).get("staged") or {}
     depth, groups = staged.get("unfreeze_groups"), staged.get("groups")
     return (int(depth), int(groups)) if depth is not None and groups and depth < groups else None
 
 
 def time_series(folder: Path, summaries: Sequence[Mapping[str, Any]]) -> dict[str, list[list[tuple[float, float]]]]:
-    """Per summary (variant at the full fraction): each of its runs' (seconds, val accuracy) points."""
-    return {s["variant"]: [run_points(folder / "runs" / name) for name in s["run_names"]] for s in summaries}
+    """Per summary (variant at the full fraction): each of its runs' (seconds, val accuracy) points: its epochs,
+    led by the head phase's points where the epochs of all its runs are too few to fit (a fine-tuned run on
+    CIFAR-10 on a CPU fits one epoch). Only then: on a few hundred photos the head is near its best within seconds,
+    and its points would flatten a curve the epochs still climb."""
+    series = {}
+    for s in summaries:
+        dirs = [folder / "runs" / name for name in s["run_names"]]
+        runs = [run_points(d) for d in dirs]
+        if not _fittable([p for run in runs for p in run]):
+            runs = [head_points(d) + run for d, run in zip(dirs, runs, strict=True)]
+        series[s["variant"]] = runs
+    return series
 
 
 def time_estimates(folder: Path, summaries: Sequence[Mapping[str, Any]],
@@ -305,6 +324,9 @@ def overtake_text(ahead: str, behind: str, curves: Mapping[str, Curve], start: f
         return (f"By the fitted curves {behind} would need about {when:.0f} s of training ({when / budget:.0f}x the "
                 f"budget) to overtake {ahead}: a long extrapolation, to be read as an order of magnitude.")
     level = {name: 100 * float(curves[name](np.array([end]))[0]) for name in (ahead, behind)}
+    if round(level[ahead]) == round(level[behind]):
+        return (f"By the fitted curves {behind} would at most draw level with {ahead} by {OVERTAKE_FACTOR}x the "
+                f"budget ({end:.0f} s, about {level[ahead]:.0f}%, an extrapolation).")
     return (f"By the fitted curves {behind} would not overtake {ahead} even with {OVERTAKE_FACTOR}x the budget "
             f"({end:.0f} s: about {level[behind]:.0f}% vs {level[ahead]:.0f}%, an extrapolation): on this machine "
             f"and data {ahead} is the better use of the time.")
