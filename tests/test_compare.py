@@ -194,12 +194,13 @@ def test_same_budget_by_default_or_until_the_plateau(tmp_path: Path, monkeypatch
     variants = tmp_path / "v.yaml"
     variants.write_text("small: {}\nwide:\n  width: 2.0\n")
     monkeypatch.setattr(config, "BUDGET_RANGE", (3.0, 3.0))  # the plan decides the budget and the seeds
-    # small data and a 3 s budget would be repeated by default (3 seeds); a 0 s wall for repeats keeps 1 here
+    # small data and a 3 s budget would be repeated by default (3 seeds); a 0 s wall for repeats keeps 1 here,
+    # and the budget is kept: room for 2 seeds would need less than the floor
     monkeypatch.setattr(config, "SEEDS_WALL_SECONDS", 0.0)
     base = _base(data).replace(epochs=None)
     timed = run_compare(base, tmp_path / "budget", variants_file=variants)
     assert timed["stopping"] == "budget" and timed["budget_seconds"] == 3.0
-    assert timed["seeds"] == [0] and "3 seeds of 2 runs at 3 s would take" in timed["seeds_reason"]
+    assert timed["seeds"] == [0] and "2 seeds of 2 runs at 3 s would take" in timed["seeds_reason"]
     assert [r["name"] for r in timed["runs"]] == ["small", "wide"]
     for run in timed["runs"]:
         written = (Path(run["run_dir"]) / "config.yaml").read_text()
