@@ -142,7 +142,11 @@ def test_the_default_number_of_seeds() -> None:
     # the passes over every image beside the budget count: digits through Lite2 at 260 px at --budget 3 ran
     # 6 runs past a 2-minute limit when only the budget and a fixed overhead were reckoned
     assert config.default_seeds(1293, 2, 3.0)[0] == 3
-    assert config.default_seeds(1293, 2, 3.0, pass_seconds=100.0)[0] == 1
+    assert config.default_seeds(1293, 2, 3.0, pass_seconds=40.0)[0] == 1
+    # ... and passes that outlast the budget are not repeated however much room the wall leaves (digits through
+    # Lite2 at --budget 3: 6 runs went on for minutes)
+    seeds, why = config.default_seeds(1293, 2, 3.0, pass_seconds=5.0)
+    assert seeds == 1 and "a repeat would measure mostly that" in why
 
 
 def test_a_derived_budget_shrinks_so_that_a_spread_fits() -> None:
@@ -156,6 +160,7 @@ def test_a_derived_budget_shrinks_so_that_a_spread_fits() -> None:
     assert config.room_for_seeds(153.0, 45_000, 2, 21.0) == 153.0  # large data: 1 seed, the whole budget
     assert config.room_for_seeds(60.0, 270, 2, 5.0) == 60.0  # already fits
     assert config.room_for_seeds(200.0, 900, 2, 90.0) == 200.0  # room only below the floor: 1 seed, all of it
+    assert config.room_for_seeds(200.0, 900, 1, 120.0) == 200.0  # room (100 s) only below the passes (120 s)
 
 
 def test_compare_plan_measures_only_what_it_decides() -> None:

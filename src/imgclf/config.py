@@ -614,11 +614,12 @@ def _runs_seconds(runs: int, seeds: int, budget: float, pass_seconds: float) -> 
 def room_for_seeds(budget: float, train_images: int, runs: int, pass_seconds: float) -> float:
     """A derived `budget`, shrunk on small data (at most SEEDS_MAX_TRAIN_IMAGES) to the longest with which
     MIN_SPREAD_SEEDS seeds of every run fit in SEEDS_WALL_SECONDS; kept when it fits already, or when room
-    would take a budget below BUDGET_RANGE[0] (then 1 seed gets the whole of it)."""
+    would take a budget below BUDGET_RANGE[0] or below `pass_seconds` (then `default_seeds` gives 1 seed, which
+    gets the whole of it)."""
     if train_images > SEEDS_MAX_TRAIN_IMAGES:
         return budget
     fits = round(SEEDS_WALL_SECONDS / (runs * MIN_SPREAD_SEEDS) - RUN_OVERHEAD_SECONDS - pass_seconds)
-    return float(fits) if BUDGET_RANGE[0] <= fits < budget else budget
+    return float(fits) if max(BUDGET_RANGE[0], pass_seconds) <= fits < budget else budget
 
 
 def default_seeds(train_images: int, runs: int, budget: float | None, pass_seconds: float = 0.0) -> tuple[int, str]:
@@ -626,12 +627,17 @@ def default_seeds(train_images: int, runs: int, budget: float | None, pass_secon
     SEEDS_MAX_TRAIN_IMAGES when a budget fixes each run's time, the most from COMPARE_SEEDS down to
     MIN_SPREAD_SEEDS whose `runs` all fit in SEEDS_WALL_SECONDS, each costing RUN_OVERHEAD_SECONDS and
     `pass_seconds` (the passes over its images that the budget does not count: a fine-tuned run's feature pass,
-    the final evaluation) beside the budget; else 1."""
+    the final evaluation) beside the budget; else 1. Also 1 when those passes outlast the budget itself: a
+    repeat would measure mostly them (digits through Lite2 at 260 px at --budget 3: about 50 s a run beside
+    3 s, and 6 runs went on for minutes)."""
     if budget is None:
         return 1, "1 seed (no time budget, so the time of repeats is not known in advance; --seeds N to repeat)"
     if train_images > SEEDS_MAX_TRAIN_IMAGES:
         return 1, (f"1 seed ({train_images:,} training images: large enough that seeds vary little; --seeds N to "
                    "measure it)")
+    if pass_seconds > budget:
+        return 1, (f"1 seed (each run also passes over every image, about {pass_seconds:.0f} s beside its "
+                   f"{budget:g} s budget, so a repeat would measure mostly that; --seeds N to repeat anyway)")
     for seeds in range(COMPARE_SEEDS, MIN_SPREAD_SEEDS - 1, -1):
         total = _runs_seconds(runs, seeds, budget, pass_seconds)
         if total <= SEEDS_WALL_SECONDS:
