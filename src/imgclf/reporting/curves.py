@@ -79,6 +79,13 @@ def fit_power_fixed(x: Sequence[float], accuracy: Sequence[float], c: float) -> 
     return SaturatingFit(float(a), float(-slope), c, "power, c fixed", len(x))
 
 
+def enough_points(seconds: Sequence[float] | np.ndarray, min_points: int = MIN_POINTS,
+                  min_span: float = MIN_SPAN) -> bool:
+    """Whether positive times can carry a curve: `min_points` distinct ones, spread over `min_span` (last / first)."""
+    t = np.asarray(seconds, dtype=float)
+    return len(np.unique(t)) >= min_points and t.max() >= min_span * t.min()
+
+
 def fit_saturating(seconds: Sequence[float], accuracy: Sequence[float], min_points: int = MIN_POINTS,
                    min_span: float = MIN_SPAN) -> SaturatingFit | None:
     """Fit acc(t) = a - b * t**(-c) to measured (training seconds, accuracy) points (or any positive x: the data
@@ -95,7 +102,7 @@ def fit_saturating(seconds: Sequence[float], accuracy: Sequence[float], min_poin
     y = np.asarray(accuracy, dtype=float)
     keep = np.isfinite(t) & np.isfinite(y) & (t > 0)
     t, y = t[keep], y[keep]
-    if len(np.unique(t)) < min_points or t.max() < min_span * t.min():
+    if not enough_points(t, min_points, min_span):
         return None
     try:
         from scipy.optimize import OptimizeWarning, curve_fit
@@ -188,11 +195,6 @@ def head_points(run_dir: Path) -> list[tuple[float, float]]:
     return [(float(t), float(acc)) for t, acc in curve]
 
 
-def _fittable(points: Sequence[tuple[float, float]]) -> bool:
-    seconds = [t for t, _ in points if t > 0]
-    return len(set(seconds)) >= MIN_POINTS and max(seconds) >= MIN_SPAN * min(seconds)
-
-
 def val_images(run_dir: Path) -> int | None:
     """How many validation images scored a run's epochs (the supports of its per-class validation metrics)."""
     per_class = _metrics(run_dir).get("val_per_class") or {}
@@ -216,7 +218,7 @@ def time_series(folder: Path, summaries: Sequence[Mapping[str, Any]]) -> dict[st
     for s in summaries:
         dirs = [folder / "runs" / name for name in s["run_names"]]
         runs = [run_points(d) for d in dirs]
-        if not _fittable([p for run in runs for p in run]):
+        if not enough_points([t for run in runs for t, _ in run if t > 0]):
             runs = [head_points(d) + run for d, run in zip(dirs, runs, strict=True)]
         series[s["variant"]] = runs
     return series

@@ -35,6 +35,7 @@ from torch import nn
 
 from imgclf.config import TrainConfig
 from imgclf.data.loaders import endless
+from imgclf.evaluation.metrics import loss_and_accuracy
 from imgclf.models.base import ImageClassifier
 from imgclf.runtime import autocast
 from imgclf.training.finetune import freeze_backbone, set_trainable_top, unwrap
@@ -174,9 +175,9 @@ def head_accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor)
     was_training = head.training
     head.eval()
     with torch.no_grad():
-        correct = (head(features.to(next(head.parameters()).device)).argmax(1).cpu() == labels.cpu()).float()
+        logits = head(features.to(next(head.parameters()).device)).cpu()
     head.train(was_training)
-    return float(correct.mean())
+    return loss_and_accuracy(logits, labels.cpu())[1]
 
 
 def head_curve(head: nn.Module, cfg: TrainConfig, clean: tuple[torch.Tensor, torch.Tensor],
