@@ -238,6 +238,9 @@ def test_estimates_from_a_run_directory(tmp_path: Path) -> None:
     (run / "metrics.json").write_text(json.dumps({"staged": {"seconds": 20.0}}))
     points = curves.run_points(run)
     assert [p[0] for p in points] == pytest.approx(list(t + 20.0), abs=1e-3)
+    rows = curves.history_rows(run)  # what the learning-curve panel draws: the same clock, the other columns kept
+    assert [r["seconds"] for r in rows] == [p[0] for p in points]
+    assert [r["epoch"] for r in rows] == list(range(1, 9)) and [r["val_acc"] for r in rows] == [p[1] for p in points]
     summary = {"variant": "finetune", "run_names": ["finetune"], "train_seconds": 60.0, "val_accuracy": acc[-1]}
     est = curves.time_estimates(tmp_path, [summary], 60.0)["finetune"]
     assert est["points"] == 8 and est["fit"]["method"] == "power"

@@ -74,7 +74,9 @@ def test_make_run_as_a_fresh_clone_without_shared_runs_it(tmp_path: Path) -> Non
     photos (the point of the main job), by more than the noise of 100 test photos."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     out = tmp_path / "compare"
-    dry = subprocess.run(["make", "-n", "run", f"OUT={out}"], cwd=ROOT, capture_output=True, text=True, env=env)
+    # one seed a side: the default repeat (4 runs, tested in test_compare_seeds) would double this test's 4 minutes
+    dry = subprocess.run(["make", "-n", "run", f"OUT={out}", "ARGS=--seeds 1"], cwd=ROOT, capture_output=True,
+                         text=True, env=env)
     command = next(line for line in dry.stdout.splitlines() if "imgclf compare" in line)
     argv = shlex.split(command)
     argv[0] = str(ROOT / argv[0])  # .venv/bin/imgclf, relative to the checkout

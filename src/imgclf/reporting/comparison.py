@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 
 from imgclf.errors import UserError
-from imgclf.evaluation.diagnosis import read_history
-from imgclf.reporting import datacurves
+from imgclf.reporting import curves, datacurves
 from imgclf.reporting import figures as figs
 from imgclf.reporting.document import Document
 
@@ -71,11 +70,6 @@ def seeds_text(comparison: dict[str, Any]) -> str:
     return f"{count} seeds each" if count > 1 else "1 seed: spread not measured"
 
 
-def _history(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "history.csv"
-    return read_history(path) if path.is_file() else []
-
-
 def _per_class_accuracy(run_dir: Path, split: str, k: int) -> np.ndarray | None:
     """Per-class accuracy (recall) from the run's saved predictions on `split`; None where there are none."""
     scores = datacurves.predicted_scores(run_dir, split, k)
@@ -97,8 +91,6 @@ def _budget_text(comparison: dict[str, Any], records: list[dict[str, Any]]) -> s
 
 def write_comparison_report(folder: str | Path) -> Path:
     """DIR/report.md and the self-contained DIR/report.html from DIR/comparison.json and DIR/runs/*."""
-    from imgclf.reporting import curves
-
     out = Path(folder)
     path = out / "comparison.json"
     try:
@@ -137,7 +129,7 @@ def write_comparison_report(folder: str | Path) -> Path:
                    "gap is comparable across variants (history.csv's train accuracy is on augmented batches).")
     x = "seconds" if comparison.get("budget_seconds") else "epoch"
     doc.heading("Learning curves")
-    histories = {(r["name"] if repeated else r["variant"]): _history(out / "runs" / r["name"])
+    histories = {(r["name"] if repeated else r["variant"]): curves.history_rows(out / "runs" / r["name"])
                  for r in records if r["train_fraction"] == full}
     doc.figure("curves", figs.overlaid_curves(histories, x=x),
                "Validation accuracy (solid) and train accuracy on augmented batches (dashed) per run; the space "

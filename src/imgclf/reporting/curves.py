@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from imgclf.evaluation.diagnosis import read_history
 from imgclf.reporting import figures as figs
 
 MIN_POINTS = 4  # a 3-parameter curve needs more points than parameters to say anything
@@ -174,17 +175,19 @@ def _metrics(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def run_points(run_dir: Path) -> list[tuple[float, float]]:
-    """(training seconds, validation accuracy) per epoch of a run directory. A staged fine-tuning run's
-    history starts its clock after the head phase; that phase's seconds (metrics.json) are added, so every
-    run's seconds are the same training time its budget counts."""
-    from imgclf.evaluation.diagnosis import read_history
-
+def history_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """history.csv's rows, on the clock a run's budget counts: a staged fine-tuning run's history starts its
+    clock after the head phase, so that phase's seconds (metrics.json) are added. Empty without a history."""
     path = run_dir / "history.csv"
     if not path.is_file():
         return []
     offset = float((_metrics(run_dir).get("staged") or {}).get("seconds") or 0.0)
-    return [(offset + row["seconds"], row["val_acc"]) for row in read_history(path)
+    return [{**row, "seconds": offset + row["seconds"]} for row in read_history(path)]
+
+
+def run_points(run_dir: Path) -> list[tuple[float, float]]:
+    """(training seconds, validation accuracy) per epoch of a run directory, on `history_rows`' clock."""
+    return [(row["seconds"], row["val_acc"]) for row in history_rows(run_dir)
             if np.isfinite(row.get("seconds", math.nan)) and np.isfinite(row.get("val_acc", math.nan))]
 
 
