@@ -377,6 +377,10 @@ def time_curves(series: Mapping[str, Sequence[Sequence[tuple[float, float]]]],
     fig = figs.new_figure(figsize=(9, 4.6))
     ax = fig.subplots()
     budget = max((e["budget_seconds"] for e in estimates.values()), default=0.0)
+    # at each factor the leading estimate's label goes above its marker and the others' below, so two close
+    # estimates' labels part instead of meeting between them
+    fitted = [n for n in series if (estimates.get(n) or {}).get("fit")]
+    leader = {f: max(fitted, key=lambda n: estimates[n][f"{f:g}x"]) for f in FACTORS} if fitted else {}
     for i, (name, runs) in enumerate(series.items()):
         color = figs.PALETTE[i % len(figs.PALETTE)]
         est = estimates.get(name) or {}
@@ -397,8 +401,8 @@ def time_curves(series: Mapping[str, Sequence[Sequence[tuple[float, float]]]],
                 x, y = factor * est["budget_seconds"], est[f"{factor:g}x"]
                 ax.plot([x], [y], marker="D", ms=6, color=color, mfc="white", mew=1.6)
                 ax.annotate(f"{factor}x: ~{100 * y:.0f}%", (x, y), textcoords="offset points",
-                            xytext=(-6, -16) if i % 2 == 0 else (-6, 9), ha="right" if factor == max(FACTORS) else
-                            "left", fontsize=8.5, color=color)  # alternate below / above: two variants' labels
+                            xytext=(-6, 9) if leader[factor] == name else (-6, -16),
+                            ha="right" if factor == max(FACTORS) else "left", fontsize=8.5, color=color)
     if budget:
         ax.axvline(budget, color=figs.MUTED, ls=":", lw=1.2)
         ax.annotate("budget", (budget, 0.02), textcoords="offset points", xytext=(3, 0), fontsize=8.5,
