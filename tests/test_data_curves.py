@@ -135,5 +135,7 @@ def test_compare_with_fractions_writes_data_estimates_and_a_report_section(tmp_p
     section = report.split("## What more data buys", 1)[1]
     assert "Estimates, not measurements" in section and "3 points per curve" in section
     assert "Check of the method" in section and (out / "figures" / "data_curves.png").is_file()
+    evaluated = sum(e["test_images"] for e in entry["classes"])  # the miss is set beside the measurement's noise
+    assert f"points of standard error in the measurement on {evaluated:,} images" in section
     assert sum(line.startswith("- about ") for line in section.splitlines()) == len(classes)
     assert datacurves.figure_panels(comparison["data_estimates"]).keys() <= set(classes)

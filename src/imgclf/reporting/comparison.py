@@ -259,15 +259,19 @@ def _per_class_section(doc: Document, out: Path, comparison: dict[str, Any], mai
                text)
 
 
-def _check_text(variant: str, check: dict[str, Any]) -> str:
-    """The method's check on this comparison's own runs, in one sentence."""
+def _check_text(variant: str, check: dict[str, Any], evaluated: int) -> str:
+    """The method's check on this comparison's own runs, in one sentence, with the measurement's own noise on
+    the `evaluated` images beside the miss."""
     shares = " and ".join(f"{100 * f:g}%" for f in check["fractions"])
     if check.get("estimate") is None:
         return f"{variant}: the largest fraction is not estimated from {shares} ({check['note']})."
+    measured = check["measured"]
+    noise = (f", against {_pts(np.sqrt(measured * (1 - measured) / evaluated))} points of standard error in the "
+             f"measurement on {evaluated:,} images" if evaluated else "")
     text = (f"{variant}: from the {shares} runs alone ({check['points']} points, {check['method']}), the curve "
             f"estimated {_pts(check['estimate'])}% at {100 * check['fraction']:g}% of the data "
-            f"({check['images']:,} images); measured {_pts(check['measured'])}% "
-            f"(estimate {100 * check['error']:+.1f} points off).")
+            f"({check['images']:,} images); measured {_pts(measured)}% "
+            f"(estimate {100 * check['error']:+.1f} points off{noise}).")
     if check.get("class_mean_abs_error") is not None:
         text += (f" Per class the same estimate was off by {100 * check['class_mean_abs_error']:.1f} points on "
                  f"average ({check['classes_checked']} classes).")
@@ -306,7 +310,8 @@ def _data_section(doc: Document, estimates: dict[str, dict[str, Any]], split: st
     doc.table(["variant", "class", "training images", f"{split} acc (± std. error)", f"{split} images",
                "more images", "gain (points, estimate)", "estimated acc"], rows, {2, 3, 4, 5, 6, 7})
     doc.paragraph("Check of the method, where the answer is known: "
-                  + " ".join(_check_text(v, e["check"]) for v, e in estimates.items()))
+                  + " ".join(_check_text(v, e["check"], sum(c["test_images"] or 0 for c in e["classes"]))
+                             for v, e in estimates.items()))
     panels = datacurves.figure_panels(estimates)
     if panels:
         doc.figure("data_curves", figs.class_data_curves(panels, split),
@@ -319,4 +324,7 @@ def _data_section(doc: Document, estimates: dict[str, dict[str, Any]], split: st
              "the curve has as many parameters as points or nearly, so read a gain as a rough size, not a promise: "
              "the check above says how far the same method missed on this comparison's own largest fraction. "
              "Where a class's accuracy did not rise across the fractions the curve is flat and predicts no gain. "
-             "Under --epochs a smaller fraction also trains fewer steps; under --budget every run trains as long.")
+             "Under --epochs a smaller fraction also trains fewer steps. Under --budget every run trains as long, "
+             "so a larger fraction gets fewer passes over each image: a learner still climbing at the budget is "
+             "short of time rather than of images, its largest fraction may score no better, and the check then "
+             "misses high.")
