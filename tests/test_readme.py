@@ -67,7 +67,7 @@ def test_make_targets_dry_run() -> None:
     assert test.returncode == 0 and test.stdout.strip() == "bash .ci/run", test.stdout
 
 
-@pytest.mark.slow  # about 3 minutes on 2 cores: the whole main job
+@pytest.mark.slow  # about 2 minutes on 2 cores: the whole main job, one seed a side
 def test_make_run_as_a_fresh_clone_without_shared_runs_it(tmp_path: Path) -> None:
     """What `make run` runs after set-up, taken from `make -n run` itself, run from a folder with no ../shared
     beside it: it must end with a report in which fine-tuning beats training from scratch on the bundled
