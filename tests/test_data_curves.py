@@ -100,6 +100,14 @@ def test_fits_that_cannot_say_much_say_so(tmp_path: Path) -> None:
     falling = fit_power_fixed([100, 200], [0.8, 0.7], 0.5)
     assert falling.b == 0.0 and doubling(falling, 200, 0.7)["gain"] == pytest.approx(0.0)
     assert fit_data([100, 100, 100], [0.5, 0.6, 0.7]) is None  # one size: no curve
+    # 3 sizes: through points that rise and flatten; points that dip (flowers5's scratch tulips at 45, 90 and 180
+    # images under one budget) get the closest rising curve, which misses some of them
+    sizes = np.array([45.0, 90.0, 180.0])
+    rising = fit_data(sizes, _truth(0.9, 2.0, 0.5, sizes))
+    assert rising(sizes) == pytest.approx(_truth(0.9, 2.0, 0.5, sizes), abs=1e-3)
+    dipping = fit_data(sizes, [0.50, 0.74, 0.56])
+    assert np.all(np.diff(dipping(np.array([45.0, 90.0, 180.0, 360.0]))) >= -1e-9)
+    assert np.abs(dipping(sizes) - [0.50, 0.74, 0.56]).max() > 0.05
     assert fit_data([100, 120], [0.5, 0.6]) is None  # spread under MIN_IMAGE_SPAN
     assert doubling(None, 50, 0.5) == {"more_images": 50, "gain": None, "estimate": None}
     # one fraction: nothing to estimate; a comparison from before per-class counts: classes say why

@@ -288,8 +288,9 @@ def _data_section(doc: Document, estimates: dict[str, dict[str, Any]], split: st
     doc.paragraph(f"Estimates, not measurements: for each class, {split} accuracy against the number of that class's "
                   f"training images at each fraction ({' or '.join(map(str, points))} points per curve), a saturating "
                   f"curve acc = a - b·n^(-c) fitted to them (with 2 points c is fixed at "
-                  f"{datacurves.FIXED_EXPONENT:g}; with 3 the curve passes through them), and the gain it predicts "
-                  "from the class's images at the largest fraction to twice that (N more images = as many again).")
+                  f"{datacurves.FIXED_EXPONENT:g}; with 3 it passes through them where they rise and flatten, and is "
+                  "the closest rising curve where they dip), and the gain it predicts from the class's images at the "
+                  "largest fraction to twice that (N more images = as many again).")
     for variant, entry in estimates.items():
         lead = f"{variant}: as many images again overall ({entry['more_images']:,} more)"
         lead += (f" should add about {100 * entry['gain']:.1f} points (estimate)." if entry.get("gain") is not None

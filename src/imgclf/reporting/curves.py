@@ -96,8 +96,9 @@ def fit_saturating(seconds: Sequence[float], accuracy: Sequence[float], min_poin
     (accuracy never falls with more time) and `c` in [0.001, 5]. Fitted with scipy.optimize.curve_fit where
     scipy is installed; without it, or when that fit does not converge, a log-linear fit (acc = a + b ln t)
     stands in. None when the points cannot carry a fit: fewer than `min_points` at distinct positive times, or
-    spread over less than `min_span` (last / first). Non-finite points are dropped. With exactly 3 points the
-    curve passes through them: scipy's warning that the covariance is then undefined is expected, not a failure.
+    spread over less than `min_span` (last / first). Non-finite points are dropped. With exactly 3 points that
+    rise and flatten the curve passes through them (points that dip get the closest rising curve): scipy's
+    warning that the covariance is then undefined is expected, not a failure.
     """
     t = np.asarray(seconds, dtype=float)
     y = np.asarray(accuracy, dtype=float)

@@ -5,8 +5,9 @@ fraction's accuracy estimated from the smaller fractions alone, beside the measu
 
 Every number here is an estimate from a curve through few points (one per fraction, each the mean over that
 fraction's seeds), measured on few evaluation images per class; it is labelled as one. With 3 or more
-fractions the curve is acc = a - b * n^(-c) with a, b, c free (through 3 points it passes exactly); with 2 the
-exponent is fixed (FIXED_EXPONENT), so each doubling of the data adds 1/sqrt(2) of what the one before added.
+fractions the curve is acc = a - b * n^(-c) with a, b, c free (through 3 points that rise and flatten it passes
+exactly; points that dip get the closest rising curve, which misses some of them); with 2 the exponent is fixed
+(FIXED_EXPONENT), so each doubling of the data adds 1/sqrt(2) of what the one before added.
 """
 
 from __future__ import annotations
