@@ -277,9 +277,10 @@ def stage_head(model: ImageClassifier, cfg: TrainConfig, clean: Iterable, train_
               "one batch. Give a larger --time-budget or a smaller --image-size.", file=sys.stderr)
     if announce:
         measured = f" (measured img/s by depth: {plan['top_images_per_second']})" if rates else ""
-        share = head_share(report.extract_images_per_second, num_train, cfg.time_budget or 0.0)
-        seen = (f"{report.views} view(s) of {num_train} images" if report.images >= num_train else
-                f"{report.images} of {num_train} images (what {share:.0%} of the budget bought)")
+        seen = f"{report.views} view(s) of {num_train} images"
+        if report.images < num_train:  # only a budget stops the clean view early: the share fit_head's stop used
+            share = head_share(report.extract_images_per_second, num_train, cfg.time_budget)
+            seen = f"{report.images} of {num_train} images (what {share:.0%} of the budget bought)"
         print(f"imgclf: staged fine-tuning: head trained on {seen} in "
               f"{report.seconds:.1f}s (features at {report.extract_images_per_second:.0f} img/s); then the top "
               f"{depth} of {groups} layer groups{measured}", file=sys.stderr)
